@@ -1,0 +1,39 @@
+"""rnn2gpt: neural text generation from RNN to GPT.
+
+The Python face is small and stable::
+
+    import rnn2gpt
+    result = rnn2gpt.train(preset="shakespeare-char-gpt", out="runs/shakespeare")
+    gen = rnn2gpt.load("runs/shakespeare/best")
+    print(gen.generate("ROMEO:", max_new_tokens=200, temperature=0.8))
+    for piece in gen.stream("JULIET:"):
+        print(piece, end="")
+
+Heavy modules (torch, the models) are imported on first use, so ``import rnn2gpt`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import TextGenerator
+
+
+def load(directory: str, **kwargs: Any) -> TextGenerator:
+    """Load a checkpoint directory; see :func:`rnn2gpt.api.load`."""
+    from .api import load as _load
+
+    return _load(directory, **kwargs)
+
+
+def train(**kwargs: Any):
+    """Train a model; see :func:`rnn2gpt.api.train` (mirrors ``rnn2gpt train``)."""
+    from .api import train as _train
+
+    return _train(**kwargs)
+
+
+__all__ = ["__version__", "load", "train"]

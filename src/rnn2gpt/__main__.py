@@ -1,0 +1,7 @@
+"""``python -m rnn2gpt`` runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,475 @@
+"""Configuration: frozen dataclasses for the model, tokenizer, data, training and generation.
+
+A run is described by one :class:`RunConfig`. It is built from defaults, then a preset (a TOML
+file with one table per section), then ``section.key=value`` overrides from the command line.
+Every step validates: an unknown key is an error that lists the valid keys, and a value of the
+wrong type names the key and the expected type.
+
+This module sits at the bottom of the import graph: it imports nothing else from the package
+except :mod:`rnn2gpt.errors`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "shakespeare-char-gpt"
+
+ARCHITECTURES = ("rnn", "lstm", "gru", "gpt")
+TOKENIZER_KINDS = ("char", "word", "bpe")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a language model. ``vocab_size`` is filled in from the tokenizer."""
+
+    arch: str = "gpt"  # rnn | lstm | gru | gpt
+    vocab_size: int = 0
+    n_layer: int = 4
+    n_embd: int = 128  # embedding width; the GPT's model width
+    n_hidden: int = 0  # recurrent hidden size; 0 means n_embd (RNN family only)
+    n_head: int = 4  # GPT only
+    block_size: int = 256  # GPT context length in tokens
+    dropout: float = 0.0
+    tie_weights: bool = True  # share the input embedding and output projection
+    bias: bool = True  # biases in linear layers and layer norms (GPT)
+    nonlinearity: str = "tanh"  # vanilla RNN: tanh | relu
+    cell: str = "fused"  # RNN family: fused (PyTorch kernels) | explicit (textbook equations)
+    pos_encoding: str = "learned"  # GPT: learned | sinusoidal
+    activation: str = "gelu"  # GPT MLP: gelu | gelu_tanh (GPT-2)
+    layer_norm_eps: float = 1e-5
+    mlp_ratio: int = 4  # GPT MLP hidden width = mlp_ratio * n_embd
+
+    @property
+    def hidden_size(self) -> int:
+        """The recurrent hidden size (RNN family)."""
+        return self.n_hidden or self.n_embd
+
+    def validate(self) -> None:
+        _check_choice("model.arch", self.arch, ARCHITECTURES)
+        _check_choice("model.nonlinearity", self.nonlinearity, ("tanh", "relu"))
+        _check_choice("model.cell", self.cell, ("fused", "explicit"))
+        _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
+        _check_choice("model.activation", self.activation, ("gelu", "gelu_tanh"))
+        for name in ("n_layer", "n_embd", "block_size", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1 (got {getattr(self, name)})")
+        if self.n_hidden < 0:
+            raise ConfigError(f"model.n_hidden must be 0 (same as n_embd) or positive (got {self.n_hidden})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout})")
+        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How text becomes token ids. Only used when a tokenizer is trained for a new run."""
+
+    kind: str = "char"  # char | word | bpe
+    vocab_size: int = 8000  # bpe: target vocabulary size
+    max_vocab: int = 0  # word: keep the most frequent words; 0 = no limit
+    min_freq: int = 1  # word: drop words seen fewer times (they become <unk>)
+    lowercase: bool = False  # word
+    split_punct: bool = True  # word: split .,;:!?"() etc. off words; false for PTB-style text
+    unk: bool = False  # char: map unseen characters to <unk> instead of raising
+    path: str = ""  # bpe: load tokenizer.json or a dir with vocab.json + merges.txt
+
+    def validate(self) -> None:
+        _check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        if self.kind == "bpe" and not self.path and self.vocab_size < 257:
+            raise ConfigError(
+                f"tokenizer.vocab_size must be at least 257 for byte-level BPE (got {self.vocab_size})"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it is split."""
+
+    path: str = ""  # file, .gz file or directory; "" = the bundled Tiny Shakespeare
+    val_path: str = ""  # separate validation file; "" = the last val_fraction of the data
+    test_path: str = ""  # optional test file, evaluated once at the end of training
+    data_dir: str = ""  # relative paths above are read from this folder (presets use it)
+    val_fraction: float = 0.1
+    cache_dir: str = ""  # where tokenized ids are cached; "" = ~/.cache/rnn2gpt
+
+    def validate(self) -> None:
+        if not self.val_path and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1) (got {self.val_fraction})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings."""
+
+    batch_size: int = 32
+    seq_len: int = 128  # tokens per training window (GPT: at most block_size); BPTT length for RNNs
+    max_steps: int = 5000
+    max_time: float = 0.0  # seconds of training; 0 = no limit (CLI accepts 90s, 10m, 1h)
+    max_tokens: int = 0  # stop after this many training tokens; 0 = no limit
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    optimizer: str = "adamw"  # adamw | sgd
+    weight_decay: float = 0.1  # applied to matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = off
+    grad_accum: int = 1
+    precision: str = "auto"  # auto | fp32 | bf16
+    compile: bool = False  # torch.compile the model
+    eval_interval: int = 250  # steps between evaluations
+    eval_batches: int = 20  # batches per evaluation; 0 = the whole validation set
+    patience: int = 0  # stop after this many evaluations without improvement; 0 = off
+    log_interval: int = 10
+    progress: bool = True  # show a progress bar
+    seed: int = 1337
+    threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
+
+    def validate(self) -> None:
+        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
+        for name in ("batch_size", "seq_len", "grad_accum", "eval_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1 (got {getattr(self, name)})")
+        if self.max_steps < 1 and self.max_time <= 0 and self.max_tokens <= 0:
+            raise ConfigError("set a training budget: train.max_steps, train.max_time or train.max_tokens")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive (got {self.lr})")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every decoding knob. ``temperature == 0`` means greedy decoding.
+
+    Logits processors are applied in this order (see :mod:`rnn2gpt.generation.processors`):
+    logit_bias, bad_words, min_new_tokens (eos ban), no_repeat_ngram_size, repetition_penalty,
+    presence/frequency penalties, temperature, top_k, top_p, min_p, typical_p.
+    """
+
+    max_new_tokens: int = 200
+    min_new_tokens: int = 0
+    temperature: float = 0.8
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    typical_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages repeats (CTRL-style)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    bad_words: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    num_return_sequences: int = 1
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+    context_policy: str = "slide"  # what to do when a GPT's context is full: slide | stop
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0 (got {self.max_new_tokens})")
+        if self.min_new_tokens < 0 or self.min_new_tokens > max(self.max_new_tokens, 0):
+            raise ConfigError(
+                f"min_new_tokens must be between 0 and max_new_tokens (got {self.min_new_tokens})"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0; 0 means greedy (got {self.temperature})")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0; 0 turns it off (got {self.top_k})")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ConfigError(f"min_p must be in [0, 1) (got {self.min_p})")
+        if not 0.0 < self.typical_p <= 1.0:
+            raise ConfigError(f"typical_p must be in (0, 1] (got {self.typical_p})")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be >= 0 (got {self.no_repeat_ngram_size})")
+        if self.num_beams < 1:
+            raise ConfigError(f"num_beams must be >= 1 (got {self.num_beams})")
+        if self.num_return_sequences < 1:
+            raise ConfigError(
+                f"num_return_sequences must be >= 1 (got {self.num_return_sequences})"
+            )
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ConfigError(
+                f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})"
+            )
+        _check_choice("context_policy", self.context_policy, ("slide", "stop"))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that describes one training run; saved inside every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def validate(self) -> RunConfig:
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if self.model.arch == "gpt" and self.train.seq_len > self.model.block_size:
+            raise ConfigError(
+                f"train.seq_len ({self.train.seq_len}) cannot exceed model.block_size "
+                f"({self.model.block_size}) for a GPT"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {section: _section_to_dict(getattr(self, section)) for section in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from nested dicts (as in config.json or a preset); unknown keys are errors."""
+        unknown = set(data) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}"
+            )
+        parts = {}
+        for section, section_cls in SECTIONS.items():
+            values = data.get(section, {}) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table of key = value")
+            parts[section] = _section_from_dict(section_cls, section, values, source)
+        return cls(**parts)
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+        """Apply ``section.key=value`` strings, e.g. ``train.lr=3e-4``."""
+        config = self
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
+            dotted, raw = item.split("=", 1)
+            section, key = _split_key(dotted.strip())
+            section_obj = getattr(config, section)
+            hints = get_type_hints(type(section_obj))
+            value = parse_value(raw.strip(), hints[key], f"{section}.{key}")
+            config = replace(config, **{section: replace(section_obj, **{key: value})})
+        return config
+
+    def with_values(self, section: str, **values: Any) -> RunConfig:
+        """Return a copy with some keys of one section replaced (values already typed)."""
+        section_obj = getattr(self, section)
+        valid = {f.name for f in fields(section_obj)}
+        for key in values:
+            if key not in valid:
+                raise ConfigError(_unknown_key_message(section, key, valid))
+        return replace(self, **{section: replace(section_obj, **values)})
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "tokenizer": TokenizerConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "generate": GenerationConfig,
+}
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the ``description`` key at the top of the file)."""
+    result = {}
+    for path in sorted(PRESETS_DIR.glob("*.toml")):
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        result[path.stem] = str(data.get("description", ""))
+    return result
+
+
+def load_preset(name: str) -> RunConfig:
+    """A shipped preset by name, or any TOML file by path."""
+    path = Path(name)
+    if not (path.suffix == ".toml" and path.is_file()):
+        path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(list_presets())
+        hint = difflib.get_close_matches(name, names, n=1)
+        suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"unknown preset {name!r}.{suggestion} Available presets: {', '.join(names)} "
+            "(or give a path to a .toml file)"
+        )
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {path}: not valid TOML ({exc})") from None
+    data.pop("description", None)
+    return RunConfig.from_dict(data, source=f"preset {path.name}")
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"90"``, ``"90s"``, ``"10m"``, ``"1.5h"`` -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigError(f"cannot read duration {text!r}; use e.g. 90s, 10m or 1.5h")
+    number, unit = float(match.group(1)), (match.group(2) or "s").lower()
+    return number * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}[unit]
+
+
+def parse_value(raw: str, type_hint: Any, name: str) -> Any:
+    """Turn a command-line string into a value of the field's type."""
+    text = str(type_hint)
+    try:
+        if type_hint is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if type_hint is int:
+            return int(raw)
+        if type_hint is float:
+            if name.endswith("max_time"):
+                return parse_duration(raw)
+            return float(raw)
+        if type_hint is str:
+            return raw
+        if "None" in text and "int" in text:
+            return None if raw.lower() in ("", "none", "null") else int(raw)
+        if text.startswith("tuple[tuple"):
+            pairs = []
+            for part in filter(None, raw.split(",")):
+                key, value = part.split(":")
+                pairs.append((int(key), float(value)))
+            return tuple(pairs)
+        if text.startswith("tuple"):
+            return tuple(part for part in raw.split(",") if part)
+    except ValueError:
+        pass
+    raise ConfigError(f"{name}: cannot read {raw!r} as {_type_name(type_hint)}")
+
+
+def _type_name(type_hint: Any) -> str:
+    return getattr(type_hint, "__name__", str(type_hint))
+
+
+def _split_key(dotted: str) -> tuple[str, str]:
+    if "." not in dotted:
+        # A bare key is accepted when exactly one section has it (e.g. lr=3e-4).
+        owners = [s for s, cls in SECTIONS.items() if dotted in {f.name for f in fields(cls)}]
+        if len(owners) == 1:
+            return owners[0], dotted
+        if not owners:
+            all_keys = sorted({f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)})
+            raise ConfigError(_unknown_key_message("", dotted, all_keys))
+        raise ConfigError(
+            f"{dotted!r} is ambiguous: write one of {', '.join(f'{s}.{dotted}' for s in owners)}"
+        )
+    section, key = dotted.split(".", 1)
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+    valid = {f.name for f in fields(SECTIONS[section])}
+    if key not in valid:
+        raise ConfigError(_unknown_key_message(section, key, valid))
+    return section, key
+
+
+def _unknown_key_message(section: str, key: str, valid) -> str:
+    valid = sorted(valid)
+    hint = difflib.get_close_matches(key, valid, n=1)
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    where = f"[{section}] " if section else ""
+    return f"unknown setting {where}{key!r}.{suggestion} Valid keys: {', '.join(valid)}"
+
+
+def _section_to_dict(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def _section_from_dict(cls: type, section: str, values: dict[str, Any], source: str) -> Any:
+    hints = get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"{source}: " + _unknown_key_message(section, key, valid))
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, type_hint: Any, name: str, source: str) -> Any:
+    """Check a TOML/JSON value against the field type (ints are accepted for floats)."""
+    text = str(type_hint)
+    if type_hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type_hint is float and isinstance(value, str) and name.endswith("max_time"):
+        return parse_duration(value)
+    if type_hint in (int, str, bool) and type(value) is type_hint:
+        return value
+    if "None" in text and (value is None or (isinstance(value, int) and not isinstance(value, bool))):
+        return value
+    if text.startswith("tuple[tuple") and isinstance(value, list):
+        return tuple((int(k), float(v)) for k, v in value)
+    if text.startswith("tuple") and isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise ConfigError(f"{source}: {name} must be {_type_name(type_hint)} (got {value!r})")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_PRESET",
+    "DataConfig",
+    "GenerationConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "list_presets",
+    "load_preset",
+    "parse_duration",
+    "parse_value",
+]

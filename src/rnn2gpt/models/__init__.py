@@ -1,0 +1,37 @@
+"""Language models behind one contract (see :mod:`rnn2gpt.models.base`).
+
+``build_model(config)`` builds any architecture by ``config.arch``: ``rnn``, ``lstm``, ``gru``
+(:class:`RecurrentLM`) or ``gpt`` (:class:`GPT`).
+"""
+
+from __future__ import annotations
+
+from .base import (
+    LanguageModel,
+    Recorder,
+    State,
+    build_model,
+    count_parameters,
+    register_model,
+)
+from .cells import ExplicitRecurrent, GRUCell, LSTMCell, RNNCell
+from .gpt import GPT
+from .kv_cache import KVCache
+from .rnn import RecurrentLM, RNNState
+
+__all__ = [
+    "GPT",
+    "ExplicitRecurrent",
+    "GRUCell",
+    "KVCache",
+    "LSTMCell",
+    "LanguageModel",
+    "RNNCell",
+    "RNNState",
+    "Recorder",
+    "RecurrentLM",
+    "State",
+    "build_model",
+    "count_parameters",
+    "register_model",
+]

@@ -1,0 +1,121 @@
+"""The language-model contract shared by every architecture, and the registry that builds them.
+
+Every model is an ``nn.Module`` with::
+
+    forward(tokens: LongTensor (B, T), state: State | None = None, *, recorder=None)
+        -> (logits: FloatTensor (B, T, V), state: State)
+
+``state`` is the recurrent hidden state (RNN, LSTM, GRU) or the KV cache (GPT). Feeding a sequence
+in one call or in pieces, carrying the returned state, gives the same logits. A state may be
+updated in place by ``forward`` (the GPT's preallocated KV cache is): always continue from the
+state ``forward`` returned, never from one already passed in.
+
+Beyond ``forward`` each model offers:
+
+- ``new_state(batch_size, pad_mask=None, capacity=None) -> State``: an empty state. ``pad_mask``
+  (B, T0) bool, True at real tokens, describes *left-padded* prompts that the next ``forward``
+  will receive (exactly T0 tokens); padding then never changes an RNN's hidden state and is never
+  attended to by a GPT, and GPT positions count real tokens only. ``capacity`` bounds the GPT
+  cache (default: the context length). ``forward(x, None)`` equals ``forward(x, new_state(B))``.
+- ``max_context: int | None``: the longest sequence the model can attend to (None = unbounded,
+  RNNs). Code above ``models/`` uses this, never the architecture's name.
+- ``carries_state: bool``: True when training should stream contiguous text and carry the state
+  across batches (truncated backpropagation through time), False for independent windows.
+- ``config``: the :class:`~rnn2gpt.config.ModelConfig` it was built from.
+- ``num_parameters(trainable_only=False) -> int`` (counting tied weights once).
+
+A recorder (``recorder(name: str, tensor)``), when given, receives internal tensors (attention
+weights, gate activations, hidden states) for the analysis tools; it never changes the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+Recorder = Callable[[str, torch.Tensor], None]
+
+
+@runtime_checkable
+class State(Protocol):
+    """What decoding needs of any model state."""
+
+    def select(self, index: torch.Tensor) -> State:
+        """A new state holding batch rows ``index`` (LongTensor (B',)), in that order."""
+        ...
+
+    def detach(self) -> State:
+        """The same state cut from the autograd graph (for truncated BPTT)."""
+        ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """Structural type of every rnn2gpt language model (see the module docstring)."""
+
+    config: ModelConfig
+    max_context: int | None
+    carries_state: bool
+
+    def __call__(
+        self, tokens: torch.Tensor, state: State | None = None, *, recorder: Recorder | None = None
+    ) -> tuple[torch.Tensor, State]: ...
+
+    def new_state(
+        self, batch_size: int, pad_mask: torch.Tensor | None = None, capacity: int | None = None
+    ) -> State: ...
+
+    def num_parameters(self, trainable_only: bool = False) -> int: ...
+
+
+ModelBuilder = Callable[[ModelConfig], nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(*names: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: make a builder available to :func:`build_model` under ``names``."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        for name in names:
+            _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the model named by ``config.arch`` (weights freshly initialised)."""
+    config.validate()
+    if config.vocab_size < 1:
+        raise ConfigError("model.vocab_size is not set; it comes from the tokenizer")
+    # Importing the architectures registers them; done lazily to keep import order one-way.
+    from . import gpt, rnn  # noqa: F401
+
+    try:
+        builder = _REGISTRY[config.arch]
+    except KeyError:
+        raise ConfigError(
+            f"unknown architecture {config.arch!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return builder(config)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of distinct parameters (a tied weight counts once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in module.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total

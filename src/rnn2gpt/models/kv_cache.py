@@ -1,0 +1,252 @@
+"""The GPT's state: keys and values of every past token, per layer.
+
+Slots are filled left to right, the same number for every row (``length``). Left-padded prompts
+put their padding in the first slots; ``valid`` (B, C) marks which slots hold real tokens, and
+positions count real tokens only. Without padding ``valid`` is None, and nothing about masks or
+per-row positions is ever computed: a decode step writes its key and value into a preallocated
+slot and attends over a view of the filled slots.
+
+Two ways a cache comes to exist:
+
+- ``GPT.new_state(B, pad_mask, capacity)``: buffers of ``capacity`` slots are preallocated.
+- ``GPT.forward(x, None)``: a *light* cache that only references the keys and values the
+  forward pass computed anyway (nothing is copied: this is the training path). If it is ever
+  continued, it grows once into a buffer of ``capacity`` slots (the context length).
+
+``forward`` updates a cache in place and returns it; continue from the returned state only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Per-layer keys and values, shape (B, H, C, D) each (C = allocated slots).
+
+    Attributes:
+        keys, values: one tensor (B, H, C, D) per layer; None for a layer not yet run.
+        length: filled slots (the same for every row).
+        capacity: the most slots this cache may hold; longer input raises ContextLengthError.
+        valid: (B, capacity) bool, True at slots holding real tokens; None when nothing is padded.
+        pad_len: number of leading slots that may hold padding (T0 of the pad mask; 0 if none).
+        num_pad: (B,) long, pad slots per row (positions of later tokens are slot - num_pad).
+    """
+
+    def __init__(
+        self,
+        keys: list[Tensor | None],
+        values: list[Tensor | None],
+        *,
+        batch_size: int,
+        capacity: int,
+        length: int = 0,
+        valid: Tensor | None = None,
+    ) -> None:
+        self.keys = keys
+        self.values = values
+        self.length = length
+        self.capacity = capacity
+        self.valid = valid
+        self._batch_size = batch_size
+        if valid is None:
+            self.pad_len = 0
+            self.num_pad: Tensor | None = None
+        else:
+            # Slots past the pad mask are written by later tokens, all real; only the prefix
+            # can hold padding. Since num_pad counts pads in that prefix, later positions are
+            # just slot - num_pad (no cumsum per step).
+            padded = ~valid
+            self.pad_len = int(padded.nonzero()[:, 1].max()) + 1 if bool(padded.any()) else 0
+            self.num_pad = padded[:, : self.pad_len].sum(dim=1)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def empty(
+        cls,
+        num_layers: int,
+        batch_size: int,
+        capacity: int,
+    ) -> KVCache:
+        """A light cache: no buffers until the first ``append`` (used by ``forward(x, None)``)."""
+        return cls(
+            [None] * num_layers, [None] * num_layers, batch_size=batch_size, capacity=capacity
+        )
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        pad_mask: Tensor | None = None,
+    ) -> KVCache:
+        """Preallocated buffers of ``capacity`` slots; ``pad_mask`` (B, T0) marks real tokens."""
+        shape = (batch_size, num_heads, capacity, head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        valid = None
+        if pad_mask is not None and not bool(pad_mask.all()):
+            valid = torch.ones(batch_size, capacity, dtype=torch.bool, device=device)
+            valid[:, : pad_mask.shape[1]] = pad_mask.to(device=device, dtype=torch.bool)
+        return cls(keys, values, batch_size=batch_size, capacity=capacity, valid=valid)
+
+    # ------------------------------------------------------------------ State contract
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def next_pos(self) -> Tensor:
+        """(B,) long: the position the next token of each row will take (real tokens so far)."""
+        device = self._device()
+        if self.valid is None:
+            return torch.full((self._batch_size,), self.length, dtype=torch.long, device=device)
+        return self.valid[:, : self.length].sum(dim=1)
+
+    def select(self, index: Tensor) -> KVCache:
+        """A new cache holding rows ``index`` (LongTensor (B',)) in that order."""
+        index = index.to(self._device())
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index)
+
+        return self._replace(
+            [pick(k) for k in self.keys],
+            [pick(v) for v in self.values],
+            batch_size=index.numel(),
+            valid=pick(self.valid),
+        )
+
+    def detach(self) -> KVCache:
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach()
+
+        return self._replace(
+            [cut(k) for k in self.keys], [cut(v) for v in self.values], self._batch_size, self.valid
+        )
+
+    # ------------------------------------------------------------------ used by the model
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store a layer's new keys/values (B, H, T, D) after ``length``; return all (B, H, S, D).
+
+        ``length`` is advanced once per forward by :meth:`advance`, after every layer appended.
+        """
+        start, stop = self.length, self.length + k.shape[2]
+        cached_k, cached_v = self.keys[layer], self.values[layer]
+        if cached_k is None and start == 0:
+            # Light path: reference the fresh tensors, copy nothing.
+            self.keys[layer], self.values[layer] = k, v
+            return k, v
+        assert cached_k is not None and cached_v is not None
+        if torch.is_grad_enabled() and (k.requires_grad or cached_k.requires_grad):
+            # Writing into a buffer in place would break backpropagation through earlier
+            # steps; with autograd on, grow by concatenation instead.
+            cached_k = torch.cat([cached_k[:, :, :start], k], dim=2)
+            cached_v = torch.cat([cached_v[:, :, :start], v], dim=2)
+            self.keys[layer], self.values[layer] = cached_k, cached_v
+            return cached_k, cached_v
+        if cached_k.shape[2] < stop:
+            cached_k, cached_v = self._grow(layer, cached_k, cached_v, start)
+        cached_k[:, :, start:stop].copy_(k)
+        cached_v[:, :, start:stop].copy_(v)
+        return cached_k[:, :, :stop], cached_v[:, :, :stop]
+
+    def advance(self, steps: int) -> None:
+        """Mark ``steps`` more slots filled (called once per forward)."""
+        self.length += steps
+
+    def positions(self, steps: int) -> Tensor | None:
+        """(B, steps) long positions of the next ``steps`` tokens, or None when they are simply
+        ``length .. length + steps - 1`` for every row (no padding)."""
+        if self.valid is None:
+            return None
+        stop = self.length + steps
+        if self.length >= self.pad_len:
+            slots = torch.arange(self.length, stop, device=self.valid.device)
+            return slots[None, :] - self.num_pad[:, None]
+        # Inside the padded prefix: count real tokens; pads take position 0 (never attended).
+        counts = self.valid[:, :stop].long().cumsum(dim=1) - 1
+        return counts[:, self.length :].clamp(min=0)
+
+    def attention_mask(self, steps: int) -> tuple[Tensor | None, bool]:
+        """(mask, is_causal) for ``steps`` new queries over all ``length + steps`` keys.
+
+        mask is None or bool, True = may attend, broadcastable to (B, H, steps, S). Only the
+        cases that need one build one: a plain decode step attends to everything (no mask), a
+        fresh sequence is plain causal (``is_causal``).
+        """
+        start, stop = self.length, self.length + steps
+        if self.valid is None:
+            if start == 0 and steps > 1:
+                return None, True
+            if steps == 1:
+                return None, False
+            return _causal(start, stop, self._device()), False
+        if steps == 1 and start >= self.pad_len:
+            # A real query over the filled slots: a view, no allocation.
+            return self.valid[:, None, None, :stop], False
+        causal = _causal(start, stop, self.valid.device)  # (steps, S)
+        slots = torch.arange(stop, device=self.valid.device)
+        itself = slots[None, :] == torch.arange(start, stop, device=self.valid.device)[:, None]
+        # Every query may see itself, so a pad query row is never fully masked (no NaN).
+        return (self.valid[:, None, None, :stop] & causal) | itself, False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _grow(self, layer: int, k: Tensor, v: Tensor, filled: int) -> tuple[Tensor, Tensor]:
+        """Move a light (exactly filled) layer into a buffer of ``capacity`` slots, once."""
+        batch, heads, _, dim = k.shape
+        new_k = k.new_zeros(batch, heads, self.capacity, dim)
+        new_v = v.new_zeros(batch, heads, self.capacity, dim)
+        new_k[:, :, :filled] = k[:, :, :filled]
+        new_v[:, :, :filled] = v[:, :, :filled]
+        self.keys[layer], self.values[layer] = new_k, new_v
+        return new_k, new_v
+
+    def _device(self) -> torch.device:
+        for t in (self.valid, *self.keys):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
+    def _replace(
+        self,
+        keys: list[Tensor | None],
+        values: list[Tensor | None],
+        batch_size: int,
+        valid: Tensor | None,
+    ) -> KVCache:
+        new = KVCache.__new__(KVCache)
+        new.keys, new.values = keys, values
+        new.length, new.capacity, new.valid = self.length, self.capacity, valid
+        new._batch_size = batch_size
+        new.pad_len = self.pad_len
+        # num_pad per row follows the rows selected; recomputed from valid when present.
+        new.num_pad = None if valid is None else (~valid[:, : self.pad_len]).sum(dim=1)
+        return new
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(batch_size={self._batch_size}, layers={len(self.keys)}, "
+            f"length={self.length}, capacity={self.capacity}, padded={self.valid is not None})"
+        )
+
+
+def _causal(start: int, stop: int, device: torch.device) -> Tensor:
+    """(stop - start, stop) bool: query at slot start + i may see keys at slots <= start + i."""
+    keys = torch.arange(stop, device=device)
+    queries = torch.arange(start, stop, device=device)
+    return keys[None, :] <= queries[:, None]
+
+
+__all__ = ["KVCache"]

@@ -1,0 +1,263 @@
+"""Recurrent language models: vanilla RNN (tanh or relu), LSTM and GRU.
+
+    tokens (B, T) -> Embedding (V, E) -> dropout -> L recurrent layers (H) -> dropout
+                  -> Linear (H, V) -> logits (B, T, V)
+
+The recurrent layers are PyTorch's fused kernels (``model.cell = "fused"``, what training uses)
+or :class:`~rnn2gpt.models.cells.ExplicitRecurrent`, the textbook equations step by step
+(``"explicit"``). Both share parameter names, so a checkpoint loads into either.
+
+Left padding: ``new_state(B, pad_mask)`` keeps the mask until the next ``forward``, which then
+runs each row only over its real tokens, so padding never touches the hidden state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .base import Recorder, count_parameters, register_model
+from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
+
+_FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass(frozen=True)
+class RNNState:
+    """Hidden state of a stacked recurrent model.
+
+    h: (L, B, H) hidden state per layer. c: (L, B, H) LSTM cell state, None otherwise.
+    pad_mask: (B, T0) bool, True at real tokens, for left-padded tokens the next ``forward``
+    will receive; None once consumed.
+    """
+
+    h: Tensor
+    c: Tensor | None = None
+    pad_mask: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1]
+
+    def select(self, index: Tensor) -> RNNState:
+        """Rows ``index`` (LongTensor (B',)) in that order."""
+        index = index.to(self.h.device)
+        return RNNState(
+            h=self.h.index_select(1, index),
+            c=None if self.c is None else self.c.index_select(1, index),
+            pad_mask=None if self.pad_mask is None else self.pad_mask.index_select(0, index),
+        )
+
+    def detach(self) -> RNNState:
+        return RNNState(
+            h=self.h.detach(),
+            c=None if self.c is None else self.c.detach(),
+            pad_mask=self.pad_mask,
+        )
+
+    def as_hx(self) -> CellState:
+        """The state in the format nn.RNN/GRU (a tensor) or nn.LSTM (a pair) expects."""
+        return self.h if self.c is None else (self.h, self.c)
+
+
+class RecurrentLM(nn.Module):
+    """Embedding -> stacked RNN/LSTM/GRU -> linear decoder, following the shared LM contract."""
+
+    carries_state = True
+    max_context: int | None = None
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch not in _FUSED:
+            raise ConfigError(
+                f"RecurrentLM builds rnn, lstm or gru (got model.arch={config.arch!r})"
+            )
+        hidden = config.hidden_size
+        if config.tie_weights and hidden != config.n_embd:
+            raise ConfigError(
+                f"tie_weights needs the hidden size ({hidden}) to equal the embedding size "
+                f"({config.n_embd}): set model.n_hidden equal to model.n_embd, or set "
+                "model.tie_weights=false"
+            )
+        self.config = config
+        self.kind = config.arch
+        self.nonlinearity = config.nonlinearity if config.arch == "rnn" else "tanh"
+        self.hidden_size = hidden
+        self.num_layers = config.n_layer
+
+        self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        # nn.RNN/LSTM/GRU warn when dropout is set with a single layer; it would do nothing.
+        inter_layer_dropout = config.dropout if config.n_layer > 1 else 0.0
+        if config.cell == "explicit":
+            self.rnn: nn.Module = ExplicitRecurrent(
+                self.kind,
+                config.n_embd,
+                hidden,
+                config.n_layer,
+                nonlinearity=self.nonlinearity,
+                dropout=inter_layer_dropout,
+            )
+        else:
+            extra = {"nonlinearity": self.nonlinearity} if self.kind == "rnn" else {}
+            self.rnn = _FUSED[self.kind](
+                config.n_embd,
+                hidden,
+                config.n_layer,
+                batch_first=True,
+                dropout=inter_layer_dropout,
+                **extra,
+            )
+        self.decoder = nn.Linear(hidden, config.vocab_size)
+        self._init_weights()
+        if config.tie_weights:
+            self.decoder.weight = self.embedding.weight
+
+    def _init_weights(self) -> None:
+        # The classic word-level LM init; recurrent weights keep PyTorch's defaults.
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    # ------------------------------------------------------------------ contract
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return count_parameters(self, trainable_only)
+
+    def new_state(
+        self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
+    ) -> RNNState:
+        """Zero state for ``batch_size`` rows; ``capacity`` is ignored (no context limit).
+
+        pad_mask: (B, T0) bool, True at real tokens of left-padded input for the next forward.
+        """
+        weight = self.embedding.weight
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        h = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        c = torch.zeros_like(h) if self.kind == "lstm" else None
+        if pad_mask is not None:
+            if pad_mask.dim() != 2 or pad_mask.shape[0] != batch_size:
+                raise ValueError(
+                    f"pad_mask must have shape (batch_size={batch_size}, T0); got {tuple(pad_mask.shape)}"
+                )
+            pad_mask = pad_mask.to(device=weight.device, dtype=torch.bool)
+        return RNNState(h=h, c=c, pad_mask=pad_mask)
+
+    def forward(
+        self, tokens: Tensor, state: RNNState | None = None, *, recorder: Recorder | None = None
+    ) -> tuple[Tensor, RNNState]:
+        """tokens (B, T) -> logits (B, T, V) and the state after the last token."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
+        hx = None if state is None else state.as_hx()
+        mask, pending = _take_mask(state, tokens.shape[1])
+
+        x = self.drop(self.embedding(tokens))  # (B, T, E)
+        if mask is None or bool(mask.all()):
+            out, h_n = self._recur(x, hx, None, recorder)
+        elif recorder is not None or isinstance(self.rnn, ExplicitRecurrent):
+            out, h_n = self._recur(x, hx, mask, recorder)
+        else:
+            out, h_n = self._recur_packed(x, hx, mask)
+        logits = self.decoder(self.drop(out))  # (B, T, V)
+
+        h, c = h_n if isinstance(h_n, tuple) else (h_n, None)
+        return logits, RNNState(h=h, c=c, pad_mask=pending)
+
+    # ------------------------------------------------------------------ recurrence
+
+    def _recur(
+        self, x: Tensor, hx: CellState | None, mask: Tensor | None, recorder: Recorder | None
+    ) -> tuple[Tensor, CellState]:
+        """The stacked layers, step by step when explicit or recording, else the fused kernel."""
+        if isinstance(self.rnn, ExplicitRecurrent):
+            return self.rnn(x, hx, mask=mask, recorder=recorder)
+        if recorder is not None or mask is not None:
+            # Recording reads gates the fused kernel never exposes: run the same weights through
+            # the explicit equations (equal to the kernel within float rounding).
+            kind, nonlinearity = fused_kind(self.rnn)
+            return explicit_recurrence(
+                self.rnn,
+                x,
+                hx,
+                kind=kind,
+                num_layers=self.rnn.num_layers,
+                nonlinearity=nonlinearity,
+                dropout=self.rnn.dropout,
+                mask=mask,
+                recorder=recorder,
+            )
+        return self.rnn(x, hx)
+
+    def _recur_packed(
+        self, x: Tensor, hx: CellState | None, mask: Tensor
+    ) -> tuple[Tensor, CellState]:
+        """Fused kernel over left-padded rows: x (B, T, E), mask (B, T) -> out (B, T, H).
+
+        Each row is rotated so its real tokens come first, packed so the kernel stops after
+        each row's last real token (the final state then ignores padding), and rotated back.
+        Outputs at pad positions are zeros (finite, unspecified).
+        """
+        batch, steps = mask.shape
+        lengths = mask.sum(dim=1)  # (B,) real tokens per row
+        n_pad = steps - lengths
+        arange = torch.arange(steps, device=x.device)
+        if not torch.equal(mask, arange[None, :] >= n_pad[:, None]):
+            raise ValueError("pad_mask must describe left padding: pads first, then real tokens")
+
+        # Rotate left by n_pad: shifted[b, j] = x[b, (j + n_pad[b]) % T].
+        shifted = _gather_time(x, (arange[None, :] + n_pad[:, None]) % steps)
+        # pack_padded_sequence refuses empty rows; run them one (pad) step, then restore below.
+        packed = pack_padded_sequence(
+            shifted, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out_packed, h_n = self.rnn(packed, hx)
+        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=steps)
+        out = _gather_time(out, (arange[None, :] - n_pad[:, None]) % steps)  # rotate back
+
+        empty = lengths == 0
+        if bool(empty.any()):
+            h_0 = hx if hx is not None else _zeros_like_state(h_n)
+            keep = empty[None, :, None]  # (1, B, 1)
+            if isinstance(h_n, tuple):
+                h_n = (torch.where(keep, h_0[0], h_n[0]), torch.where(keep, h_0[1], h_n[1]))
+            else:
+                h_n = torch.where(keep, h_0, h_n)
+        return out, h_n
+
+
+def _take_mask(state: RNNState | None, steps: int) -> tuple[Tensor | None, Tensor | None]:
+    """Split a pending pad mask into the part for these ``steps`` tokens and the rest."""
+    if state is None or state.pad_mask is None:
+        return None, None
+    pending = state.pad_mask
+    if steps >= pending.shape[1]:
+        # Tokens beyond the described prompt are real.
+        return F.pad(pending, (0, steps - pending.shape[1]), value=True), None
+    return pending[:, :steps], pending[:, steps:]
+
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, T, D), index (B, T) -> x[b, index[b, t]] (B, T, D)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def _zeros_like_state(state: CellState) -> CellState:
+    if isinstance(state, tuple):
+        return tuple(torch.zeros_like(s) for s in state)
+    return torch.zeros_like(state)
+
+
+@register_model("rnn", "lstm", "gru")
+def build_recurrent(config: ModelConfig) -> RecurrentLM:
+    """Builder registered for ``model.arch`` rnn, lstm and gru."""
+    return RecurrentLM(config)
+
+
+__all__ = ["RNNState", "RecurrentLM", "build_recurrent"]

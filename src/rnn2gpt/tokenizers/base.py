@@ -1,0 +1,59 @@
+"""The tokenizer contract and the functions that build, save and load any kind of tokenizer.
+
+Every tokenizer has::
+
+    kind: str                       # "char" | "word" | "bpe"
+    vocab_size: int
+    bos_id, eos_id, pad_id, unk_id  # int or None where the kind has no such token
+    encode(text: str) -> list[int]
+    decode(ids: list[int]) -> str
+    decode_bytes(ids) -> bytes      # exact bytes, for streaming without splitting characters
+    encode_array(text) -> np.ndarray  # int32 ids of a large text, fast
+    save(directory) / load(directory)
+    fingerprint() -> str            # sha256 hex of the saved tokenizer.json text
+
+A tokenizer always travels inside a checkpoint directory as ``tokenizer.json`` (BPE: the Hugging
+Face `tokenizers` format; char and word: a small JSON file of our own whose top-level
+"rnn2gpt_tokenizer" key names the kind).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def pad_id(self) -> int | None: ...
+
+    @property
+    def unk_id(self) -> int | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def decode_bytes(self, ids: list[int]) -> bytes: ...
+
+    def encode_array(self, text: str) -> np.ndarray: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+    def fingerprint(self) -> str: ...
