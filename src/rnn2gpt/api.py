@@ -20,8 +20,12 @@ from .errors import ConfigError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 class TextGenerator:
@@ -90,8 +94,13 @@ class TextGenerator:
         config = self.generation_config(**settings)
         ids = [self.encode_prompt(p) for p in prompts]
         return generate(
-            self.model, ids, config, tokenizer=self.tokenizer, eos_id=self.tokenizer.eos_id,
-            pad_id=self._pad_id(), logprobs=logprobs,
+            self.model,
+            ids,
+            config,
+            tokenizer=self.tokenizer,
+            eos_id=self.tokenizer.eos_id,
+            pad_id=self._pad_id(),
+            logprobs=logprobs,
         )
 
     def generate(self, prompt: str | Sequence[str] = "", **settings: Any) -> str | list[str]:
@@ -109,7 +118,10 @@ class TextGenerator:
 
         config = self.generation_config(**settings)
         yield from stream(
-            self.model, self.encode_prompt(prompt), config, tokenizer=self.tokenizer,
+            self.model,
+            self.encode_prompt(prompt),
+            config,
+            tokenizer=self.tokenizer,
             eos_id=self.tokenizer.eos_id,
         )
 
@@ -167,8 +179,12 @@ class TrainRequest:
         """Defaults < preset < named options < ``--set`` overrides; validated."""
         config = load_preset(self.preset or DEFAULT_PRESET)
         data_values = {
-            k: v for k, v in
-            (("path", self.data), ("val_path", self.val_data), ("data_dir", self.data_dir))
+            k: v
+            for k, v in (
+                ("path", self.data),
+                ("val_path", self.val_data),
+                ("data_dir", self.data_dir),
+            )
             if v is not None
         }
         if self.data is not None and self.val_data is None:
@@ -216,7 +232,9 @@ def train(
     valid = {f.name for f in dataclasses.fields(TrainRequest)} - {"preset"}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
     if "overrides" in options:
         options["overrides"] = tuple(options["overrides"])
     if config is None:

@@ -29,9 +29,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .api import TrainRequest, train
 
     request = TrainRequest(
-        preset=args.preset, data=args.data, val_data=args.val_data, data_dir=args.data_dir,
-        model=args.model, tokenizer=args.tokenizer, max_steps=args.max_steps,
-        max_time=args.max_time, seed=args.seed, overrides=tuple(args.set or ()),
+        preset=args.preset,
+        data=args.data,
+        val_data=args.val_data,
+        data_dir=args.data_dir,
+        model=args.model,
+        tokenizer=args.tokenizer,
+        max_steps=args.max_steps,
+        max_time=args.max_time,
+        seed=args.seed,
+        overrides=tuple(args.set or ()),
     )
     out = args.out or args.resume
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -55,8 +62,10 @@ def _print_train_summary(result) -> None:
         if key in metrics and metrics[key] is not None:
             lines.append(f"{key.replace('_', ' ')} {metrics[key]:.4f}")
     if getattr(result, "interrupted", False):
-        lines.append(f"interrupted: saved {out_dir / 'last'}; continue with "
-                     f"`rnn2gpt train --resume {out_dir}`")
+        lines.append(
+            f"interrupted: saved {out_dir / 'last'}; continue with "
+            f"`rnn2gpt train --resume {out_dir}`"
+        )
     lines.append(f"checkpoints in {out_dir}; try `rnn2gpt generate {out_dir}`")
     print("\n".join(lines))
 
@@ -72,7 +81,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts = [args.prompt]
 
     streaming = (
-        not args.json and args.logprobs is None and len(prompts) == 1
+        not args.json
+        and args.logprobs is None
+        and len(prompts) == 1
         and settings.get("num_beams", gen.config.generate.num_beams) == 1
     )
     if streaming:
@@ -94,15 +105,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         records = []
         for prompt, per_prompt in zip(prompts, results):
             for index, g in enumerate(per_prompt):
-                record = {"prompt": prompt, "index": index, "text": g.text,
-                          "finish_reason": g.finish_reason, "token_ids": list(g.token_ids)}
+                record = {
+                    "prompt": prompt,
+                    "index": index,
+                    "text": g.text,
+                    "finish_reason": g.finish_reason,
+                    "token_ids": list(g.token_ids),
+                }
                 if args.logprobs is not None:
                     record["logprobs"] = g.logprobs
                     record["top_logprobs"] = [
                         {str(k): v for k, v in alt.items()} for alt in (g.top_logprobs or [])
                     ]
                 records.append(record)
-        print(json.dumps(records if len(records) != 1 else records[0], ensure_ascii=False, indent=1))
+        print(
+            json.dumps(records if len(records) != 1 else records[0], ensure_ascii=False, indent=1)
+        )
         return 0
     for prompt, per_prompt in zip(prompts, results):
         for g in per_prompt:
@@ -119,13 +137,20 @@ def _generation_settings(args: argparse.Namespace, gen) -> dict:
     from .config import GenerationConfig
 
     names = {
-        "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "min_p": args.min_p, "typical_p": args.typical_p,
-        "repetition_penalty": args.repetition_penalty, "presence_penalty": args.presence_penalty,
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "typical_p": args.typical_p,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
         "frequency_penalty": args.frequency_penalty,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size, "num_beams": args.num_beams,
-        "length_penalty": args.length_penalty, "num_return_sequences": args.num_samples,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "num_return_sequences": args.num_samples,
         "seed": args.seed,
     }
     settings = {k: v for k, v in names.items() if v is not None}
@@ -136,9 +161,11 @@ def _generation_settings(args: argparse.Namespace, gen) -> dict:
     if args.set:
         from .config import RunConfig
 
-        overridden = RunConfig(generate=GenerationConfig()).with_overrides(
-            [s if s.startswith("generate.") else f"generate.{s}" for s in args.set]
-        ).generate
+        overridden = (
+            RunConfig(generate=GenerationConfig())
+            .with_overrides([s if s.startswith("generate.") else f"generate.{s}" for s in args.set])
+            .generate
+        )
         for item in args.set:
             key = item.split("=", 1)[0].removeprefix("generate.")
             settings[key] = getattr(overridden, key)
@@ -169,8 +196,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     train_cfg = gen.config.train
     seq_len = args.seq_len or train_cfg.seq_len
     metrics = evaluate_lm(
-        gen.model, ids, batch_size=args.batch_size or train_cfg.batch_size, seq_len=seq_len,
-        stream=gen.model.carries_state, max_batches=args.max_batches,
+        gen.model,
+        ids,
+        batch_size=args.batch_size or train_cfg.batch_size,
+        seq_len=seq_len,
+        stream=gen.model.carries_state,
+        max_batches=args.max_batches,
         chars_per_token=len(text) / max(len(ids), 1),
     )
     metrics = {"data": str(args.data), **metrics}
@@ -235,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (no arguments: the default GPT on Tiny Shakespeare)",
-                       description="Train a language model. With no arguments, trains the default "
-                       "character GPT on the bundled Tiny Shakespeare.")
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the default GPT on Tiny Shakespeare)",
+        description="Train a language model. With no arguments, trains the default "
+        "character GPT on the bundled Tiny Shakespeare.",
+    )
     p.add_argument("--preset", help="preset name (see `rnn2gpt presets`) or a .toml file")
     p.add_argument("--data", help="training text: a file, a .gz file or a directory")
     p.add_argument("--val-data", help="separate validation file (default: last 10%% of --data)")
@@ -250,16 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m, 1h")
     p.add_argument("--seed", type=int, help="random seed (runs are reproducible from it)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR exactly")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any setting, e.g. --set train.lr=3e-4 --set model.n_layer=6")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set train.lr=3e-4 --set model.n_layer=6",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="generate text from a checkpoint (streams to stdout)",
-                       description="Generate text from a checkpoint; streams as it is produced.")
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a checkpoint (streams to stdout)",
+        description="Generate text from a checkpoint; streams as it is produced.",
+    )
     p.add_argument("checkpoint", metavar="DIR", help="checkpoint or run folder")
     p.add_argument("--prompt", default="", help="text to continue (default: start fresh)")
-    p.add_argument("--batch-file", metavar="FILE", help="one prompt per line ('-' = stdin); "
-                   "generated as one batch")
+    p.add_argument(
+        "--batch-file",
+        metavar="FILE",
+        help="one prompt per line ('-' = stdin); generated as one batch",
+    )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--min-new-tokens", type=int)
     p.add_argument("--temperature", type=float, help="0 = greedy")
@@ -277,16 +321,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="samples per prompt")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--logprobs", type=int, metavar="N", nargs="?", const=0,
-                   help="print each token's log-probability (and N alternatives)")
+    p.add_argument(
+        "--logprobs",
+        type=int,
+        metavar="N",
+        nargs="?",
+        const=0,
+        help="print each token's log-probability (and N alternatives)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON results")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any generation setting, e.g. --set typical_p=0.9")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any generation setting, e.g. --set typical_p=0.9",
+    )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per character on a text",
-                       description="Evaluate a checkpoint on any text file.")
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character on a text",
+        description="Evaluate a checkpoint on any text file.",
+    )
     p.add_argument("checkpoint", metavar="DIR")
     p.add_argument("--data", required=True, help="text file, .gz or directory")
     p.add_argument("--batch-size", type=int)
@@ -300,8 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("presets", help="list the shipped presets",
-                       description="List the shipped presets, one line each.")
+    p = sub.add_parser(
+        "presets",
+        help="list the shipped presets",
+        description="List the shipped presets, one line each.",
+    )
     p.set_defaults(func=cmd_presets)
     return parser
 

@@ -68,7 +68,9 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1 (got {getattr(self, name)})")
         if self.n_hidden < 0:
-            raise ConfigError(f"model.n_hidden must be 0 (same as n_embd) or positive (got {self.n_hidden})")
+            raise ConfigError(
+                f"model.n_hidden must be 0 (same as n_embd) or positive (got {self.n_hidden})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout})")
         if self.arch == "gpt" and self.n_embd % self.n_head != 0:
@@ -151,7 +153,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1 (got {getattr(self, name)})")
         if self.max_steps < 1 and self.max_time <= 0 and self.max_tokens <= 0:
-            raise ConfigError("set a training budget: train.max_steps, train.max_time or train.max_tokens")
+            raise ConfigError(
+                "set a training budget: train.max_steps, train.max_time or train.max_tokens"
+            )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive (got {self.lr})")
 
@@ -207,7 +211,9 @@ class GenerationConfig:
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
         if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"no_repeat_ngram_size must be >= 0 (got {self.no_repeat_ngram_size})")
+            raise ConfigError(
+                f"no_repeat_ngram_size must be >= 0 (got {self.no_repeat_ngram_size})"
+            )
         if self.num_beams < 1:
             raise ConfigError(f"num_beams must be >= 1 (got {self.num_beams})")
         if self.num_return_sequences < 1:
@@ -269,7 +275,9 @@ class RunConfig:
         config = self
         for item in overrides:
             if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
+                raise ConfigError(
+                    f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)"
+                )
             dotted, raw = item.split("=", 1)
             section, key = _split_key(dotted.strip())
             section_obj = getattr(config, section)
@@ -445,7 +453,9 @@ def _coerce(value: Any, type_hint: Any, name: str, source: str) -> Any:
         return parse_duration(value)
     if type_hint in (int, str, bool) and type(value) is type_hint:
         return value
-    if "None" in text and (value is None or (isinstance(value, int) and not isinstance(value, bool))):
+    if "None" in text and (
+        value is None or (isinstance(value, int) and not isinstance(value, bool))
+    ):
         return value
     if text.startswith("tuple[tuple") and isinstance(value, list):
         return tuple((int(k), float(v)) for k, v in value)

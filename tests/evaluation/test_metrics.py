@@ -46,7 +46,9 @@ def test_uniform_model_scores_ln_vocab():
 
 
 def test_max_batches_limits_the_scored_tokens():
-    result = evaluate_lm(Uniform(5), np.arange(200) % 5, batch_size=2, seq_len=10, stream=False, max_batches=3)
+    result = evaluate_lm(
+        Uniform(5), np.arange(200) % 5, batch_size=2, seq_len=10, stream=False, max_batches=3
+    )
     assert result["tokens"] == 60
     assert result["bits_per_char"] is None
 

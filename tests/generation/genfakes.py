@@ -126,13 +126,23 @@ class TinyRecurrentLM(nn.Module):
     max_context = None
     carries_state = True
 
-    def __init__(self, vocab_size: int = 262, width: int = 16, seed: int = 0, sharp: float = 1.0):
+    def __init__(
+        self,
+        vocab_size: int = 262,
+        width: int = 16,
+        seed: int = 0,
+        sharp: float = 1.0,
+        favour: list[int] | None = None,
+    ):
         super().__init__()
         self.config = _config(vocab_size, width)
         self.embed = nn.Embedding(vocab_size, width)
         self.cell = nn.GRUCell(width, width)
         self.head = nn.Linear(width, vocab_size)
         _init(self, seed, 0.5)
+        if favour:  # make these tokens likely (e.g. readable bytes)
+            with torch.no_grad():
+                self.head.bias[favour] += 4.0
         self.sharp = sharp
         self.calls = 0
 
@@ -176,9 +186,7 @@ class WindowState:
 
     def select(self, index: Tensor) -> WindowState:
         mask = None if self.pad_mask is None else self.pad_mask[index]
-        return WindowState(
-            self.total[index], self.count[index], self.capacity, self.filled, mask
-        )
+        return WindowState(self.total[index], self.count[index], self.capacity, self.filled, mask)
 
     def detach(self) -> WindowState:
         return self
@@ -200,12 +208,14 @@ class TinyWindowLM(nn.Module):
         self.head = nn.Linear(width, vocab_size)
         _init(self, seed, 0.7)
         self.prefills: list[int] = []  # widths of multi-token calls (prefills), for tests
+        self.capacities: list[int] = []  # capacities asked of new_state, for tests
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def new_state(self, batch_size, pad_mask=None, capacity=None) -> WindowState:
         capacity = capacity or self.max_context
+        self.capacities.append(capacity)
         if capacity > self.max_context:
             raise RuntimeError(f"capacity {capacity} > context {self.max_context}")
         width = self.embed.embedding_dim
@@ -293,9 +303,7 @@ class ScriptedLM(nn.Module):
             if mask is not None and t < mask.shape[1]:
                 real = mask[:, t]
             position = position + real.long()
-            target = [
-                self.script[p] if p < len(self.script) else EOS for p in position.tolist()
-            ]
+            target = [self.script[p] if p < len(self.script) else EOS for p in position.tolist()]
             logits = torch.zeros(batch, vocab)
             logits[torch.arange(batch), torch.tensor(target)] = self.confidence
             outputs.append(logits)
@@ -333,3 +341,18 @@ def token_logprobs(model: nn.Module, prompt: list[int], tokens: list[int]) -> li
     logp = logits[0].float().log_softmax(-1)
     start = len(prompt) - 1
     return logp[start:, :].gather(1, sequence[0, len(prompt) :, None]).squeeze(1).tolist()
+
+
+@torch.no_grad()
+def sliding_greedy(model: nn.Module, prompt: list[int], steps: int, context: int) -> list[int]:
+    """Greedy tokens under the slide policy, uncached: a window that outgrows ``context``
+    keeps its last ``context // 2`` tokens."""
+    window, out = list(prompt[-context:]), []
+    for _ in range(steps):
+        logits, _ = model(torch.tensor([window]), None)
+        token = int(logits[0, -1].argmax())
+        out.append(token)
+        window.append(token)
+        if len(window) > context:
+            window = window[-max(1, context // 2) :]
+    return out

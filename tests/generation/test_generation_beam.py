@@ -43,7 +43,10 @@ def test_exhaustive_beam_finds_the_best_sequence(small):
     config = beam_config(num_beams=25, num_return_sequences=3, max_new_tokens=steps)
     [results] = generate(small, [prompt], config)
     scored = sorted(
-        ((sequence_logprob(small, prompt, list(seq)), list(seq)) for seq in itertools.product(range(5), repeat=steps)),
+        (
+            (sequence_logprob(small, prompt, list(seq)), list(seq))
+            for seq in itertools.product(range(5), repeat=steps)
+        ),
         reverse=True,
     )
     assert [g.token_ids for g in results] == [seq for _, seq in scored[:3]]
@@ -81,7 +84,9 @@ def test_batched_beams_equal_one_by_one(recurrent):
 def test_eos_hypotheses_and_length_penalty(small):
     eos, prompt = 4, [1, 0]
     for length_penalty in (0.0, 1.0, 2.0):
-        config = beam_config(num_beams=3, max_new_tokens=8, length_penalty=length_penalty, num_return_sequences=3)
+        config = beam_config(
+            num_beams=3, max_new_tokens=8, length_penalty=length_penalty, num_return_sequences=3
+        )
         [results] = generate(small, [prompt], config, eos_id=eos)
         assert [g.score for g in results] == sorted((g.score for g in results), reverse=True)
         for g in results:
@@ -93,7 +98,9 @@ def test_eos_hypotheses_and_length_penalty(small):
 
 
 def test_early_stopping_returns_finished_hypotheses(small):
-    config = beam_config(num_beams=2, max_new_tokens=30, early_stopping=True, num_return_sequences=2)
+    config = beam_config(
+        num_beams=2, max_new_tokens=30, early_stopping=True, num_return_sequences=2
+    )
     [results] = generate(small, [[1, 0]], config, eos_id=4)
     assert [g.finish_reason for g in results] == ["eos", "eos"]
 

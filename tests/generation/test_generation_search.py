@@ -45,7 +45,9 @@ def test_same_seed_same_samples_different_seed_different(recurrent):
     config = GenerationConfig(temperature=1.0, max_new_tokens=20, seed=7)
     first = tokens_of(generate(recurrent, PROMPTS, config))
     again = tokens_of(generate(recurrent, PROMPTS, config))
-    other = tokens_of(generate(recurrent, PROMPTS, GenerationConfig(temperature=1.0, seed=8, max_new_tokens=20)))
+    other = tokens_of(
+        generate(recurrent, PROMPTS, GenerationConfig(temperature=1.0, seed=8, max_new_tokens=20))
+    )
     assert first == again
     assert first != other
 
@@ -73,12 +75,18 @@ def test_num_return_sequences(recurrent):
     results = generate(recurrent, PROMPTS[:2], config)
     assert [len(r) for r in results] == [3, 3]
     assert len({tuple(g.token_ids) for g in results[0]}) > 1  # different samples
-    greedy = generate(recurrent, PROMPTS[:2], GenerationConfig(temperature=0.0, max_new_tokens=10, num_return_sequences=2))
+    greedy = generate(
+        recurrent,
+        PROMPTS[:2],
+        GenerationConfig(temperature=0.0, max_new_tokens=10, num_return_sequences=2),
+    )
     assert greedy[0][0].token_ids == greedy[0][1].token_ids
 
 
 def test_top_k_one_sampling_equals_greedy(recurrent):
-    sampled = generate(recurrent, PROMPTS, GenerationConfig(temperature=1.3, top_k=1, seed=5, max_new_tokens=8))
+    sampled = generate(
+        recurrent, PROMPTS, GenerationConfig(temperature=1.3, top_k=1, seed=5, max_new_tokens=8)
+    )
     greedy = generate(recurrent, PROMPTS, GenerationConfig(temperature=0.0, max_new_tokens=8))
     assert tokens_of(sampled) == tokens_of(greedy)
 
@@ -122,7 +130,9 @@ def test_max_new_tokens_zero(recurrent):
 
 def test_logprobs_are_of_the_unprocessed_distribution(recurrent):
     prompt = [5, 6, 7]
-    config = GenerationConfig(temperature=0.5, top_k=4, max_new_tokens=10, seed=1, repetition_penalty=1.5)
+    config = GenerationConfig(
+        temperature=0.5, top_k=4, max_new_tokens=10, seed=1, repetition_penalty=1.5
+    )
     [[result]] = generate(recurrent, [prompt], config, logprobs=3)
     expected = token_logprobs(recurrent, prompt, result.token_ids)
     assert result.logprobs == pytest.approx(expected, abs=1e-5)
@@ -154,9 +164,15 @@ def test_one_forward_per_step(recurrent):
 
 
 def test_penalties_change_greedy_output(recurrent):
-    plain = tokens_of(generate(recurrent, [[1]], GenerationConfig(temperature=0.0, max_new_tokens=30)))[0]
+    plain = tokens_of(
+        generate(recurrent, [[1]], GenerationConfig(temperature=0.0, max_new_tokens=30))
+    )[0]
     assert len(set(plain)) < len(plain)  # the random model repeats itself
     blocked = tokens_of(
-        generate(recurrent, [[1]], GenerationConfig(temperature=0.0, max_new_tokens=30, no_repeat_ngram_size=1))
+        generate(
+            recurrent,
+            [[1]],
+            GenerationConfig(temperature=0.0, max_new_tokens=30, no_repeat_ngram_size=1),
+        )
     )[0]
     assert len(set(blocked)) == len(blocked) and 1 not in blocked

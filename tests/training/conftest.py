@@ -39,9 +39,7 @@ def make_run_config(tmp_path, corpus, monkeypatch):
     monkeypatch.delenv("RNN2GPT_CACHE", raising=False)
 
     def make(arch: str = "gpt", tokenizer: str = "char", *, model=None, data=None, **train):
-        model_values = dict(
-            arch=arch, n_layer=1, n_embd=16, n_head=2, block_size=32, dropout=0.0
-        )
+        model_values = dict(arch=arch, n_layer=1, n_embd=16, n_head=2, block_size=32, dropout=0.0)
         model_values.update(model or {})
         train_values = dict(
             batch_size=4,
@@ -65,7 +63,12 @@ def make_run_config(tmp_path, corpus, monkeypatch):
         if tokenizer == "bpe":
             tok_values["vocab_size"] = 300
         return RunConfig.from_dict(
-            {"model": model_values, "tokenizer": tok_values, "data": data_values, "train": train_values}
+            {
+                "model": model_values,
+                "tokenizer": tok_values,
+                "data": data_values,
+                "train": train_values,
+            }
         ).validate()
 
     return make

@@ -88,7 +88,9 @@ def test_round_trip_gives_identical_logits_and_optimizer_state(tmp_path, arch):
     assert loaded.tokenizer.encode(TEXT) == tokenizer.encode(TEXT)
     assert loaded.trainer_state == {"step": 1, "note": "x"}
     assert torch.equal(loaded.tensors["extra"], torch.arange(3))
-    assert torch.equal(_logits(loaded.model, tokenizer.vocab_size), _logits(model, tokenizer.vocab_size))
+    assert torch.equal(
+        _logits(loaded.model, tokenizer.vocab_size), _logits(model, tokenizer.vocab_size)
+    )
 
     fresh = build_optimizer(loaded.model, config.train)
     loaded.load_optimizer_state(fresh)
@@ -123,7 +125,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt_mod, "save_optimizer_state", crash)  # fails after weights are written
     optimizer = build_optimizer(other, config.train)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(target, model=other, tokenizer=tokenizer, config=config, optimizer=optimizer)
+        save_checkpoint(
+            target, model=other, tokenizer=tokenizer, config=config, optimizer=optimizer
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary left behind
     assert torch.equal(_logits(load_checkpoint(target).model, tokenizer.vocab_size), before)
 
@@ -250,8 +254,12 @@ def test_optimizer_of_another_kind_is_refused(tmp_path):
     model, tokenizer, config = _setup()
     optimizer = build_optimizer(model, config.train)
     _one_step(model, optimizer, tokenizer.vocab_size)
-    save_checkpoint(tmp_path / "ck", model=model, tokenizer=tokenizer, config=config, optimizer=optimizer)
-    sgd = build_optimizer(model, config.with_values("train", optimizer="sgd", weight_decay=0.0).train)
+    save_checkpoint(
+        tmp_path / "ck", model=model, tokenizer=tokenizer, config=config, optimizer=optimizer
+    )
+    sgd = build_optimizer(
+        model, config.with_values("train", optimizer="sgd", weight_decay=0.0).train
+    )
     with pytest.raises(CheckpointError, match="AdamW state but the run uses SGD"):
         load_checkpoint(tmp_path / "ck").load_optimizer_state(sgd)
 
@@ -280,3 +288,9 @@ def test_rng_state_round_trip():
     restore_rng_state(json.loads(json.dumps(json_part)), tensors)
     again = (random.random(), float(np.random.rand()), torch.rand(3))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def test_corrupt_tokenizer(saved):
+    (saved / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_checkpoint(saved)

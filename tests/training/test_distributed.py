@@ -46,8 +46,14 @@ def test_two_process_gloo_training(tmp_path, make_run_config, arch):
     out = tmp_path / "run"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(script), json.dumps(config.to_dict()), str(out),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            json.dumps(config.to_dict()),
+            str(out),
         ],
         capture_output=True,
         text=True,

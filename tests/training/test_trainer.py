@@ -6,13 +6,14 @@ import json
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
 
 import rnn2gpt.evaluation
 import rnn2gpt.models
-from rnn2gpt.errors import CheckpointError, TrainingError
+from rnn2gpt.errors import CheckpointError, DataError, TrainingError
 from rnn2gpt.training import load_checkpoint, train
 from rnn2gpt.training.trainer import _sigint_flag
 
@@ -37,7 +38,12 @@ def test_every_architecture_learns(tmp_path, make_run_config, arch):
     assert result.best_val_loss < math.log(vocab) - 0.5  # well below a uniform guess
     assert result.steps == 30 and result.tokens == 30 * 4 * 16
     assert not result.interrupted and result.stop_reason == "max_steps"
-    assert set(result.final_metrics) >= {"train_loss", "val_loss", "val_perplexity", "val_bits_per_char"}
+    assert set(result.final_metrics) >= {
+        "train_loss",
+        "val_loss",
+        "val_perplexity",
+        "val_bits_per_char",
+    }
     assert result.tokens_per_sec > 0
 
 
@@ -54,9 +60,11 @@ def test_word_and_bpe_tokenizers(tmp_path, make_run_config, kind):
     assert result.final_metrics["val_bits_per_char"] < result.final_metrics["val_bits_per_token"]
 
 
-def test_outputs_of_a_run(tmp_path, make_run_config):
-    config = make_run_config("gpt", max_steps=12, eval_interval=6, log_interval=4)
+def test_outputs_of_a_run(tmp_path, make_run_config, capfd):
+    config = make_run_config("gpt", max_steps=12, eval_interval=6, log_interval=4, progress=True)
     result = train(config, tmp_path / "run")
+    bar = capfd.readouterr().err
+    assert "12/12" in bar and "loss=" in bar and "tok/s=" in bar  # the progress bar, on stderr
     run = tmp_path / "run"
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [e["step"] for e in events(run, "train")] == [4, 8, 12]
@@ -179,3 +187,33 @@ def test_first_ctrl_c_sets_the_flag_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_short_validation_text_fails_before_training(tmp_path, make_run_config):
+    val = tmp_path / "val.txt"
+    val.write_text("the cat")  # 7 characters: not one window of seq_len + 1 = 17
+    config = make_run_config(data={"val_path": str(val)})
+    with pytest.raises(DataError, match="validation text"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_bf16_autocast_run_and_threads_restored(tmp_path, make_run_config):
+    threads = torch.get_num_threads()
+    result = train(
+        make_run_config("gru", precision="bf16", max_steps=6, eval_interval=3), tmp_path / "r"
+    )
+    assert math.isfinite(result.final_metrics["val_loss"])
+    assert torch.get_num_threads() == threads  # train.threads=1 was undone
+
+
+def test_loss_curve_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    from rnn2gpt.analysis import plot_loss_curve
+
+    run_events = [
+        {"event": "train", "step": 1, "loss": 2.0},
+        {"event": "eval", "step": 1, "val_loss": 2.1},
+    ]
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
+    assert plot_loss_curve(run_events, tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()

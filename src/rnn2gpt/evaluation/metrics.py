@@ -77,7 +77,9 @@ def evaluate_lm(
     """
     max_context = getattr(model, "max_context", None)
     if max_context is not None and seq_len > max_context:
-        logger.warning("evaluation seq_len %d exceeds the model's context; using %d", seq_len, max_context)
+        logger.warning(
+            "evaluation seq_len %d exceeds the model's context; using %d", seq_len, max_context
+        )
         seq_len = max_context
     device = next(model.parameters()).device
     was_training = model.training

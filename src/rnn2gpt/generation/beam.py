@@ -201,12 +201,17 @@ class _BeamSearch:
         src = (src_beam + self.row_base).view(-1)  # (B,) rows the new beams extend
         token = token.reshape(-1)
 
-        # Host copy of what the bookkeeping needs: one sync per step.
-        best_running = keep_scores[:, 0].tolist()
-        eos_hits: list[list[int]] = []
+        # Host copy of what the bookkeeping needs, in one sync: each prompt's best running
+        # total and which of its top K candidates end in end-of-sequence.
+        summary = keep_scores[:, :1]
         if is_eos is not None:
-            top = is_eos[:, :beams] & (cand_scores[:, :beams] > _NEG_INF)
-            eos_hits = top.nonzero().tolist()
+            ended = is_eos[:, :beams] & (cand_scores[:, :beams] > _NEG_INF)
+            summary = torch.cat([summary, ended.to(summary.dtype)], dim=1)
+        host = summary.tolist()
+        best_running = [row[0] for row in host]
+        eos_hits = [
+            [p, rank] for p, row in enumerate(host) for rank, hit in enumerate(row[1:]) if hit
+        ]
         if eos_hits:
             self._add_eos_hypotheses(t, eos_hits, cand_scores, cand_beam)
 

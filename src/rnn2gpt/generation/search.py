@@ -47,7 +47,8 @@ class DecodeRun:
     :class:`TextTracker` s (``trackers``) hold the text after every step. Call
     :meth:`generations` once iteration is over.
 
-    Build and iterate it under ``torch.inference_mode()`` (each step enters it too).
+    Build it under ``torch.inference_mode()`` (its buffers are then inference tensors); each
+    step enters inference mode by itself, so code between steps runs outside it.
     """
 
     def __init__(

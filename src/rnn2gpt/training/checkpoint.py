@@ -47,7 +47,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import RunConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,10 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
             raise CheckpointError(
                 f"{path} has no {required}; the checkpoint is incomplete, save or copy it again"
             )
-    tokenizer = load_tokenizer(path)
+    try:
+        tokenizer = load_tokenizer(path)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if config.model.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"{path}: config.json says vocab_size {config.model.vocab_size} but tokenizer.json "
@@ -151,7 +154,7 @@ def read_config(directory: str | os.PathLike[str]) -> RunConfig:
                 f"with `rnn2gpt import-hf {path} OUT_DIR`"
             )
         raise CheckpointError(
-            f"{config_path} is not an rnn2gpt checkpoint config (no \"format\": \"rnn2gpt\")"
+            f'{config_path} is not an rnn2gpt checkpoint config (no "format": "rnn2gpt")'
         )
     version = data.get("format_version")
     if not isinstance(version, int) or version < 1:
@@ -162,7 +165,9 @@ def read_config(directory: str | os.PathLike[str]) -> RunConfig:
             f"{version}); this rnn2gpt {__version__} reads format {FORMAT_VERSION} at most: "
             "upgrade rnn2gpt (pip install -U rnn2gpt)"
         )
-    sections = {k: v for k, v in data.items() if k not in ("format", "format_version", "rnn2gpt_version")}
+    sections = {
+        k: v for k, v in data.items() if k not in ("format", "format_version", "rnn2gpt_version")
+    }
     try:
         return RunConfig.from_dict(sections, source=str(config_path))
     except ConfigError as exc:
@@ -202,7 +207,9 @@ def load_model_weights(model: nn.Module, file: Path, device: torch.device | str 
     model.load_state_dict(full, strict=True)
 
 
-def load_optimizer_state(directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer_state(
+    directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer
+) -> None:
     """Restore ``optimizer`` from ``directory/optimizer.safetensors``.
 
     Raises:
@@ -252,7 +259,9 @@ def load_optimizer_state(directory: str | os.PathLike[str], optimizer: torch.opt
     try:
         optimizer.load_state_dict({"state": state, "param_groups": saved_groups})
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{file} does not fit this optimizer ({exc}); start a new run") from None
+        raise CheckpointError(
+            f"{file} does not fit this optimizer ({exc}); start a new run"
+        ) from None
 
 
 # --------------------------------------------------------------------------- saving
@@ -448,7 +457,11 @@ def state_from_tensors(
                 return type(value)(stored.item())
             return stored
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes = {f.name: build(getattr(value, f.name), f"{name}.{f.name}") for f in dataclasses.fields(value) if f.init}
+            changes = {
+                f.name: build(getattr(value, f.name), f"{name}.{f.name}")
+                for f in dataclasses.fields(value)
+                if f.init
+            }
             return dataclasses.replace(value, **changes)
         if isinstance(value, tuple | list):
             return type(value)(build(item, f"{name}.{i}") for i, item in enumerate(value))
@@ -494,7 +507,9 @@ def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} cannot be read as JSON ({exc}); the checkpoint is damaged") from None
+        raise CheckpointError(
+            f"{file} cannot be read as JSON ({exc}); the checkpoint is damaged"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} must hold a JSON object; the checkpoint is damaged")
     return data

@@ -65,7 +65,9 @@ def setup_distributed() -> DistContext:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         owns = True
-    logger.info("distributed: rank %d of %d on %s (%s)", rank, world_size, device, dist.get_backend())
+    logger.info(
+        "distributed: rank %d of %d on %s (%s)", rank, world_size, device, dist.get_backend()
+    )
     return DistContext(rank, world_size, local_rank, device, owns)
 
 

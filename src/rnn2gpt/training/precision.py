@@ -49,7 +49,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        raise ConfigError(
+            f"train.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})"
+        )
     if precision == "fp32":
         logger.info("precision: fp32 (as asked)")
         return None
@@ -84,7 +86,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return None
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast(
+    device: torch.device | str, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
     """A context that runs the forward pass in ``dtype`` autocast, or does nothing when None."""
     if dtype is None:
         return contextlib.nullcontext()

@@ -144,7 +144,9 @@ def _sigint_flag() -> Iterator[threading.Event]:
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
-        logger.warning("interrupted: saving the last checkpoint after this step (Ctrl-C again to abort)")
+        logger.warning(
+            "interrupted: saving the last checkpoint after this step (Ctrl-C again to abort)"
+        )
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -175,9 +177,14 @@ class _Run:
     """Everything set up for one run; :meth:`loop` trains."""
 
     def __init__(
-        self, config: RunConfig, out_dir: Path, ctx: DistContext, resume: bool, init_from: str | None
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        ctx: DistContext,
+        resume: bool,
+        init_from: str | None,
     ) -> None:
-        from ..data import StreamBatches, WindowBatches, encode_cached, load_corpus
+        from ..data import StreamBatches, WindowBatches, encode_cached, eval_batches, load_corpus
         from ..models import build_model
 
         config.validate()
@@ -210,7 +217,9 @@ class _Run:
 
         corpus = load_corpus(config.data)
         logger.info("data: %s", corpus.description)
-        self.tokenizer = source.tokenizer if source is not None else self._train_tokenizer(corpus, config)
+        self.tokenizer = (
+            source.tokenizer if source is not None else self._train_tokenizer(corpus, config)
+        )
         model_config = replace(config.model, vocab_size=self.tokenizer.vocab_size)
         config = replace(config, model=model_config).validate()
         self.config = config
@@ -227,11 +236,16 @@ class _Run:
 
         torch.manual_seed(tc.seed)
         model = build_model(model_config)
+        self.stateful = bool(getattr(model, "carries_state", False))
+        # Fail now, not at the first evaluation, when the validation text cannot fill a batch.
+        name = "the validation text"
+        next(eval_batches(self.val_ids, tc.batch_size, tc.seq_len, 1, self.stateful, name=name))
         if source is not None:
             model.load_state_dict(source.model.state_dict())
+        if ctx.enabled:
+            torch.manual_seed(tc.seed + ctx.rank)  # same initial weights, different dropout masks
         self.model = model.to(self.device)
         self.model.train()
-        self.stateful = bool(getattr(model, "carries_state", False))
         self.dtype = resolve_precision(tc.precision, self.device)
 
         self.optimizer = build_optimizer(model, tc, self.device)
@@ -252,7 +266,9 @@ class _Run:
         if self.stateful:
             self.batches: Any = StreamBatches(self.train_ids, tc.batch_size, tc.seq_len, **common)
         else:
-            self.batches = WindowBatches(self.train_ids, tc.batch_size, tc.seq_len, tc.seed, **common)
+            self.batches = WindowBatches(
+                self.train_ids, tc.batch_size, tc.seq_len, tc.seed, **common
+            )
         logger.info(
             "model: %s, %s parameters on %s; %s tokens of training text, %d tokens per step%s",
             model_config.arch,
@@ -293,10 +309,15 @@ class _Run:
         if saved_world != self.ctx.world_size:
             logger.warning(
                 "resuming a %d-process run with %d processes: batches will differ from the "
-                "original run", saved_world, self.ctx.world_size
+                "original run",
+                saved_world,
+                self.ctx.world_size,
             )
         restore_rng_state(state.get("rng", {}), ckpt.tensors)
-        self.pending = [torch.tensor(v, dtype=torch.float32) for v in state.get("pending_losses", [])]
+        self.pending = [
+            torch.tensor(v, dtype=torch.float32, device=self.device)
+            for v in state.get("pending_losses", [])
+        ]
         # Only rank 0's state is saved; other ranks of a DDP run restart their lanes' state.
         if self.stateful and state.get("has_carried_state") and self.ctx.is_main:
             template = self.model.new_state(self.config.train.batch_size)
@@ -430,7 +451,7 @@ class _Run:
                 with autocast(device, self.dtype):
                     logits, new_state = model(x, state)  # (B, T, V)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-                (loss / accum).backward()
+                (loss / accum if accum > 1 else loss).backward()
             if self.stateful:
                 self.carried = new_state
             total = loss.detach() if total is None else total + loss.detach()
@@ -533,7 +554,9 @@ class _Run:
 
     # ------------------------------------------------------------------ evaluation and saving
 
-    def _evaluate(self, ids: Any, max_batches: int, chars_per_token: float | None) -> dict[str, Any]:
+    def _evaluate(
+        self, ids: Any, max_batches: int, chars_per_token: float | None
+    ) -> dict[str, Any]:
         from ..evaluation import evaluate_lm
 
         tc = self.config.train
@@ -590,7 +613,9 @@ class _Run:
         if tc.patience > 0 and p.evals_without_improvement >= tc.patience:
             logger.info(
                 "early stopping: no improvement in %d evaluations (best %.4f at step %s)",
-                p.evals_without_improvement, p.best_val_loss, p.best_step,
+                p.evals_without_improvement,
+                p.best_val_loss,
+                p.best_step,
             )
             return True
         return False
@@ -606,7 +631,9 @@ class _Run:
             load_model_weights(self.model, best, self.device)
         ids = encode_cached(self.test_text, self.tokenizer, self.config.data.cache_dir)
         metrics = self._evaluate(ids, 0, len(self.test_text) / max(len(ids), 1))
-        self.progress.last_metrics.update({f"test_{k}": v for k, v in metrics.items() if k != "tokens"})
+        self.progress.last_metrics.update(
+            {f"test_{k}": v for k, v in metrics.items() if k != "tokens"}
+        )
         self._event(metrics_file, "test", **{f"test_{k}": v for k, v in metrics.items()})
         logger.info("test loss %.4f, perplexity %.2f", metrics["loss"], metrics["perplexity"])
 
@@ -646,8 +673,11 @@ class _Run:
         from ..analysis import plot_loss_curve
 
         try:
-            plot_loss_curve(self.out_dir / METRICS_FILE, self.out_dir / LOSS_CURVE_FILE,
-                            title=f"{self.config.model.arch} on {self.tokenizer.kind} tokens")
+            plot_loss_curve(
+                self.out_dir / METRICS_FILE,
+                self.out_dir / LOSS_CURVE_FILE,
+                title=f"{self.config.model.arch} on {self.tokenizer.kind} tokens",
+            )
         except (OSError, ValueError) as exc:  # a plot is never worth failing a finished run
             logger.warning("could not draw the loss curve: %s", exc)
 
@@ -679,16 +709,26 @@ def _load_resume_checkpoint(out_dir: Path, device: torch.device) -> Checkpoint:
 def _resume_config(asked: RunConfig, saved: RunConfig) -> RunConfig:
     """Resume keeps the checkpoint's model and tokenizer; training settings come from ``asked``."""
     if replace(asked.model, vocab_size=saved.model.vocab_size) != saved.model:
-        logger.warning("resuming keeps the checkpoint's model settings; the model settings given are ignored")
-    if asked.train.batch_size != saved.train.batch_size or asked.train.seq_len != saved.train.seq_len:
-        logger.warning("resuming with another batch shape: the batches will differ from the original run")
+        logger.warning(
+            "resuming keeps the checkpoint's model settings; the model settings given are ignored"
+        )
+    if (
+        asked.train.batch_size != saved.train.batch_size
+        or asked.train.seq_len != saved.train.seq_len
+    ):
+        logger.warning(
+            "resuming with another batch shape: the batches will differ from the original run"
+        )
     return replace(asked, model=saved.model, tokenizer=saved.tokenizer)
 
 
 def _finetune_config(asked: RunConfig, saved: RunConfig) -> RunConfig:
     """Fine-tuning keeps the source's architecture and tokenizer (dropout may change)."""
     model = replace(saved.model, dropout=asked.model.dropout)
-    if replace(asked.model, vocab_size=saved.model.vocab_size, dropout=asked.model.dropout) != model:
+    if (
+        replace(asked.model, vocab_size=saved.model.vocab_size, dropout=asked.model.dropout)
+        != model
+    ):
         logger.info("fine-tuning keeps the source checkpoint's model shape (%s)", saved.model.arch)
     if model.arch == "gpt" and asked.train.seq_len > model.block_size:
         raise ConfigError(

@@ -1,0 +1,709 @@
+"""Hugging Face GPT-2 interop: import a ``GPT2LMHeadModel`` directory, export a GPT checkpoint.
+
+Our :class:`~rnn2gpt.models.gpt.GPT` already uses GPT-2's module names, so the two formats differ
+in three small ways only:
+
+- GPT-2's ``Conv1D`` stores a weight as (in, out); our ``nn.Linear`` stores (out, in). The four
+  per-block matrices (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``) are
+  transposed on the way in and out. ``lm_head`` is an ``nn.Linear`` on both sides.
+- GPT-2 files may drop the ``transformer.`` prefix (the original OpenAI conversions) and may
+  carry the causal-mask buffers ``attn.bias`` / ``attn.masked_bias``, which are skipped.
+- A tied ``lm_head.weight`` is not stored by ``save_pretrained``; both sides rebuild it from
+  ``transformer.wte.weight``.
+
+Exporting represents every GPT we build exactly: a model without biases gets zero biases, and
+a sinusoidal position table is written as GPT-2's learned ``wpe`` (the same numbers).
+
+Importing refuses GPT-2 variants we cannot compute: ``scale_attn_weights=false``,
+``scale_attn_by_inverse_layer_idx=true``, cross-attention, and activations other than the GELUs.
+``reorder_and_upcast_attn`` is accepted: it only changes the float precision of the attention
+scores, not the function.
+
+The command-level entry points (``rnn2gpt import-hf`` / ``export-hf``) are :func:`import_hf`
+and :func:`export_hf`. They reach up into ``tokenizers`` and ``training`` (to read tokenizers and
+write checkpoints); those imports are made inside the functions, so importing this module pulls
+nothing above ``models``. ``transformers`` itself is never needed: the files are plain JSON,
+safetensors and (for old checkpoints) a weights-only ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import GenerationConfig, ModelConfig
+from ..errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+HF_CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PYTORCH_BIN_FILE = "pytorch_model.bin"
+GENERATION_CONFIG_FILE = "generation_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+# Written instead of tokenizer.json when a char/word tokenizer is exported with weights_only:
+# transformers cannot read our own format, and a tokenizer.json it cannot read would break
+# AutoTokenizer, so the file keeps a name of its own.
+RNN2GPT_TOKENIZER_FILE = "rnn2gpt_tokenizer.json"
+
+# GPT-2 activation names -> ours. gelu_new, gelu_pytorch_tanh and gelu_fast are the same
+# tanh approximation written three ways.
+_ACTIVATIONS_IN = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+}
+_ACTIVATIONS_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+
+# Names below are "canonical": the ``transformer.`` prefix removed (lm_head has none anyway).
+_CONV1D = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
+_MASK_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+_PREFIX = "transformer."
+_LM_HEAD = "lm_head.weight"
+_WTE = "wte.weight"
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def gpt2_config_to_model_config(hf_config: Mapping[str, Any], *, bias: bool = True) -> ModelConfig:
+    """Our :class:`ModelConfig` for a Hugging Face GPT-2 ``config.json`` (as a dict).
+
+    ``bias=False`` describes a checkpoint whose weights hold no biases at all (the format has no
+    flag for it; :func:`import_hf` decides from the weights).
+
+    Raises:
+        ConfigError: not a GPT-2 config, or a GPT-2 variant this GPT cannot compute.
+    """
+    model_type = hf_config.get("model_type")
+    if model_type != "gpt2":
+        raise ConfigError(
+            f"model_type is {model_type!r}, but only GPT-2 models (model_type 'gpt2') can be "
+            "imported; convert another architecture with its own tools"
+        )
+
+    def get(key: str, default: Any) -> Any:
+        value = hf_config.get(key, default)
+        return default if value is None else value
+
+    if not get("scale_attn_weights", True):
+        raise ConfigError(
+            "scale_attn_weights=false (attention without 1/sqrt(head_dim)) cannot be represented "
+            "by rnn2gpt's GPT; this model cannot be imported"
+        )
+    if get("scale_attn_by_inverse_layer_idx", False):
+        raise ConfigError(
+            "scale_attn_by_inverse_layer_idx=true (attention scaled by 1/layer) cannot be "
+            "represented by rnn2gpt's GPT; this model cannot be imported"
+        )
+    if get("add_cross_attention", False):
+        raise ConfigError(
+            "add_cross_attention=true (an encoder-decoder GPT-2) cannot be imported; only "
+            "decoder-only GPT-2 language models are supported"
+        )
+    activation = get("activation_function", "gelu_new")
+    if activation not in _ACTIVATIONS_IN:
+        raise ConfigError(
+            f"activation_function {activation!r} is not supported; rnn2gpt's GPT computes "
+            f"{', '.join(sorted(_ACTIVATIONS_IN))}"
+        )
+
+    n_embd = int(get("n_embd", 768))
+    n_inner = get("n_inner", None)
+    mlp_ratio = 4
+    if n_inner is not None and int(n_inner) != 4 * n_embd:
+        if int(n_inner) % n_embd:
+            raise ConfigError(
+                f"n_inner={n_inner} is not a multiple of n_embd={n_embd}; rnn2gpt's MLP width is "
+                "mlp_ratio * n_embd, so this model cannot be imported"
+            )
+        mlp_ratio = int(n_inner) // n_embd
+
+    if get("reorder_and_upcast_attn", False):
+        logger.info("reorder_and_upcast_attn only changes attention precision; imported as is")
+    dropout = float(get("resid_pdrop", 0.1))
+    config = ModelConfig(
+        arch="gpt",
+        vocab_size=int(get("vocab_size", 50257)),
+        n_layer=int(get("n_layer", 12)),
+        n_embd=n_embd,
+        n_head=int(get("n_head", 12)),
+        block_size=int(get("n_positions", 1024)),
+        dropout=dropout,
+        tie_weights=bool(get("tie_word_embeddings", True)),
+        bias=bias,
+        pos_encoding="learned",
+        activation=_ACTIVATIONS_IN[activation],
+        layer_norm_eps=float(get("layer_norm_epsilon", 1e-5)),
+        mlp_ratio=mlp_ratio,
+    )
+    config.validate()
+    return config
+
+
+def model_config_to_gpt2_config(
+    cfg: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None
+) -> dict[str, Any]:
+    """The ``config.json`` dict of a ``GPT2LMHeadModel`` computing the same function as ``cfg``.
+
+    ``bias=False`` and ``pos_encoding="sinusoidal"`` need no flag: :func:`export_hf` writes zero
+    biases and the sinusoid table as ``wpe``.
+
+    Raises:
+        ConfigError: ``cfg`` is not a GPT.
+    """
+    if cfg.arch != "gpt":
+        raise ConfigError(
+            f"only GPT checkpoints export to the GPT-2 format (this model is {cfg.arch!r})"
+        )
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.mlp_ratio * cfg.n_embd,
+        "activation_function": _ACTIVATIONS_OUT[cfg.activation],
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": cfg.tie_weights,
+        "use_cache": True,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+    }
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _canonical(name: str) -> str:
+    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+
+
+def _hf_name(canonical: str) -> str:
+    """The name ``save_pretrained`` uses, for messages and for export."""
+    return canonical if canonical == _LM_HEAD else _PREFIX + canonical
+
+
+def load_gpt2_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], *, source: str) -> None:
+    """Load GPT-2 tensors (HF names, ``Conv1D`` layout) into our ``GPT`` in place.
+
+    Args:
+        model: a GPT whose config matches the tensors (build it from the same config.json).
+        tensors: name -> tensor as found in the file, with or without the ``transformer.``
+            prefix; ``attn.bias`` / ``attn.masked_bias`` buffers are ignored.
+        source: the file the tensors came from, for error messages.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped tensors (each named).
+    """
+    ours = model.state_dict()
+    tied = bool(getattr(model.config, "tie_weights", False))
+    expected = {_canonical(k): k for k in ours}  # canonical -> our name
+    if tied:
+        expected.pop(_LM_HEAD, None)  # rebuilt from wte, as transformers does
+
+    given: dict[str, Tensor] = {}
+    for name, tensor in tensors.items():
+        key = _canonical(name)
+        if _MASK_BUFFERS.match(key) or (tied and key == _LM_HEAD):
+            continue
+        given[key] = tensor
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    converted: dict[str, Tensor] = {}
+    shapes = []
+    for key in sorted(set(expected) & set(given)):
+        tensor = given[key].detach().to(torch.float32)
+        if _CONV1D.match(key):
+            tensor = tensor.t()
+        want = ours[expected[key]].shape
+        if tensor.shape != want:
+            stored = tuple(given[key].shape)
+            shapes.append(f"{_hf_name(key)} {stored} (expected {_conv1d_shape(key, want)})")
+        converted[expected[key]] = tensor.contiguous()
+
+    problems = []
+    if missing:
+        problems.append("missing " + _list(_hf_name(k) for k in missing))
+    if unexpected:
+        problems.append("unexpected " + _list(_hf_name(k) for k in unexpected))
+    if shapes:
+        problems.append("mis-shaped " + _list(shapes))
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match its config.json: {'; '.join(problems)}; the weights "
+            "and config come from different models"
+        )
+    if tied:
+        converted["lm_head.weight"] = converted["transformer.wte.weight"]
+    model.load_state_dict(converted, strict=True)
+
+
+def gpt2_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Our GPT's weights under GPT-2's names and layout, ready for ``model.safetensors``.
+
+    Zero biases stand in for ``bias=False``; the sinusoid table becomes ``wpe``; a tied
+    ``lm_head.weight`` is left out (``from_pretrained`` ties it back). Tensors are contiguous
+    CPU float32 copies that share no memory.
+    """
+    cfg: ModelConfig = model.config
+    if cfg.arch != "gpt":
+        raise ConfigError(
+            f"only GPT checkpoints export to the GPT-2 format (this model is {cfg.arch!r})"
+        )
+    out: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = _canonical(name)
+        if key == _LM_HEAD and cfg.tie_weights:
+            continue
+        tensor = tensor.detach().to("cpu", torch.float32)
+        if _CONV1D.match(key):
+            tensor = tensor.t()
+        out[_hf_name(key)] = tensor.contiguous().clone()
+
+    width, inner = cfg.n_embd, cfg.mlp_ratio * cfg.n_embd
+    if cfg.pos_encoding == "sinusoidal":
+        out[_PREFIX + "wpe.weight"] = model.pos_table.detach().to("cpu", torch.float32).clone()
+    if not cfg.bias:
+        widths = {"ln_1": width, "ln_2": width, "attn.c_attn": 3 * width}
+        widths.update({"attn.c_proj": width, "mlp.c_fc": inner, "mlp.c_proj": width})
+        for i in range(cfg.n_layer):
+            for part, size in widths.items():
+                out[f"{_PREFIX}h.{i}.{part}.bias"] = torch.zeros(size)
+        out[_PREFIX + "ln_f.bias"] = torch.zeros(width)
+    return out
+
+
+def read_gpt2_weights(src_dir: str | os.PathLike[str]) -> tuple[dict[str, Tensor], Path]:
+    """The tensors of a Hugging Face model directory and the file they came from.
+
+    Reads ``model.safetensors``, a sharded ``model.safetensors.index.json``, or (old checkpoints)
+    ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which runs no code.
+
+    Raises:
+        CheckpointError: no weights file, or a corrupt one.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    src = Path(src_dir)
+    single, index, binary = (
+        src / SAFETENSORS_FILE,
+        src / SAFETENSORS_INDEX_FILE,
+        src / PYTORCH_BIN_FILE,
+    )
+    try:
+        if single.is_file():
+            return load_file(str(single)), single
+        if index.is_file():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index} has no weight_map; the download is incomplete")
+            tensors: dict[str, Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                shard_path = src / str(shard)
+                if not shard_path.is_file():
+                    raise CheckpointError(
+                        f"{index} lists shard {shard} but {shard_path} is missing; download it"
+                    )
+                tensors.update(load_file(str(shard_path)))
+            return tensors, index
+        if binary.is_file():
+            try:
+                state = torch.load(binary, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                raise CheckpointError(
+                    f"{binary} holds Python objects beyond tensors, which a safe (weights-only) "
+                    "load refuses to run; re-save the model with save_pretrained as safetensors"
+                ) from None
+            if not isinstance(state, dict) or not all(
+                isinstance(v, Tensor) for v in state.values()
+            ):
+                raise CheckpointError(f"{binary} does not hold a plain state dict of tensors")
+            return dict(state), binary
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"cannot read the weights in {src} ({exc}); the file is corrupt or truncated, "
+            "download it again"
+        ) from None
+    raise CheckpointError(
+        f"{src} has no weights: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or "
+        f"{PYTORCH_BIN_FILE}"
+    )
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_hf(
+    src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Convert a Hugging Face GPT-2 directory into an rnn2gpt checkpoint at ``out_dir``.
+
+    ``src_dir`` needs ``config.json`` (``model_type`` "gpt2"), the weights (see
+    :func:`read_gpt2_weights`) and the tokenizer (``tokenizer.json`` or ``vocab.json`` +
+    ``merges.txt``). When the model's vocabulary is padded past the tokenizer's (e.g. 50304
+    rows for 50257 tokens), the rows no token can produce are dropped, since a checkpoint's
+    model and tokenizer must agree. An existing non-empty ``out_dir`` is replaced only with
+    ``overwrite=True``, and only if it is an rnn2gpt checkpoint. Returns the checkpoint path.
+
+    Raises:
+        CheckpointError: a missing directory or file, a non-GPT-2 model, an unsupported GPT-2
+            variant, or weights that do not match the config (the message names the tensor).
+    """
+    from ..config import RunConfig, TokenizerConfig, TrainConfig
+    from ..tokenizers import BPETokenizer
+    from ..training.checkpoint import save_checkpoint
+    from .gpt import GPT
+
+    src = _existing_dir(src_dir, "Hugging Face model")
+    out = Path(out_dir).expanduser()
+    _check_destination(out, overwrite, kind="rnn2gpt")
+    config_path = src / HF_CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{src} has no {HF_CONFIG_FILE}; point to a Hugging Face model directory "
+            "(the folder save_pretrained wrote)"
+        )
+    hf_config = _read_json(config_path)
+    if hf_config.get("format") == "rnn2gpt":
+        raise CheckpointError(f"{src} is already an rnn2gpt checkpoint; there is nothing to import")
+
+    tokenizer = BPETokenizer.from_files(_tokenizer_source(src))
+    tensors, weights_file = read_gpt2_weights(src)
+    canonical = {_canonical(k) for k in tensors}
+    bias = "h.0.attn.c_attn.bias" in canonical or "ln_f.bias" in canonical
+    try:
+        model_config = gpt2_config_to_model_config(hf_config, bias=bias)
+    except ConfigError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {src} has {tokenizer.vocab_size} tokens but the model only "
+            f"{model_config.vocab_size}; the tokenizer files belong to another model"
+        )
+    if tokenizer.vocab_size < model_config.vocab_size:
+        logger.warning(
+            "the model has %d vocabulary rows but the tokenizer only %d tokens; dropping the "
+            "%d rows no token can produce",
+            model_config.vocab_size,
+            tokenizer.vocab_size,
+            model_config.vocab_size - tokenizer.vocab_size,
+        )
+        tensors = _truncate_vocab(tensors, model_config.vocab_size, tokenizer.vocab_size)
+        model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
+
+    model = GPT(model_config)
+    load_gpt2_state_dict(model, tensors, source=str(weights_file))
+    model.eval()
+
+    run_config = RunConfig(
+        model=model_config,
+        tokenizer=TokenizerConfig(kind="bpe", vocab_size=tokenizer.vocab_size),
+        train=TrainConfig(seq_len=min(TrainConfig().seq_len, model_config.block_size)),
+        generate=_generation_from_hf(src),
+    )
+    path = save_checkpoint(out, model=model, tokenizer=tokenizer, config=run_config)
+    logger.info("imported %s (%d parameters) into %s", src, model.num_parameters(), path)
+    return path
+
+
+def _tokenizer_source(src: Path) -> Path:
+    """The directory or file the tokenizer is read from, or a CheckpointError naming what lacks."""
+    if (src / "tokenizer.json").is_file():
+        return src / "tokenizer.json"
+    has_vocab, has_merges = (src / "vocab.json").is_file(), (src / "merges.txt").is_file()
+    if has_vocab and has_merges:
+        return src
+    found = [name for name, ok in (("vocab.json", has_vocab), ("merges.txt", has_merges)) if ok]
+    extra = f" (found only {found[0]})" if found else ""
+    raise CheckpointError(
+        f"{src} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt{extra}; "
+        "copy the tokenizer files of this model into the directory"
+    )
+
+
+def _truncate_vocab(tensors: Mapping[str, Tensor], rows: int, keep: int) -> dict[str, Tensor]:
+    """Drop vocabulary rows past ``keep`` from wte and lm_head (whatever their prefix)."""
+    out = dict(tensors)
+    for name, tensor in tensors.items():
+        if _canonical(name) in (_WTE, _LM_HEAD) and tensor.dim() == 2 and tensor.shape[0] == rows:
+            out[name] = tensor[:keep]
+    return out
+
+
+def _generation_from_hf(src: Path) -> GenerationConfig:
+    """Our generation defaults, with the sampling settings of ``generation_config.json``."""
+    path = src / GENERATION_CONFIG_FILE
+    if not path.is_file():
+        return GenerationConfig()
+    data = _read_json(path)
+    values: dict[str, Any] = {}
+    if data.get("do_sample") is False:
+        values["temperature"] = 0.0
+    elif data.get("do_sample") is True:
+        for key in ("temperature", "top_p", "typical_p"):
+            if isinstance(data.get(key), (int, float)):
+                values[key] = float(data[key])
+        if isinstance(data.get("top_k"), int):
+            values["top_k"] = data["top_k"]
+        if isinstance(data.get("min_p"), (int, float)):
+            values["min_p"] = float(data["min_p"])
+    if isinstance(data.get("repetition_penalty"), (int, float)):
+        values["repetition_penalty"] = float(data["repetition_penalty"])
+    if isinstance(data.get("no_repeat_ngram_size"), int):
+        values["no_repeat_ngram_size"] = data["no_repeat_ngram_size"]
+    if isinstance(data.get("max_new_tokens"), int):
+        values["max_new_tokens"] = data["max_new_tokens"]
+    config = replace(GenerationConfig(), **values)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        logger.warning("ignoring %s (%s); using rnn2gpt's generation defaults", path, exc)
+        return GenerationConfig()
+    return config
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_hf(
+    checkpoint_dir: str | os.PathLike[str],
+    dest_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    weights_only: bool = False,
+) -> Path:
+    """Write a GPT checkpoint as a Hugging Face GPT-2 directory at ``dest_dir``.
+
+    Writes ``config.json``, ``model.safetensors``, ``generation_config.json`` and, for a BPE
+    tokenizer, ``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and
+    ``special_tokens_map.json``, so that ``AutoModelForCausalLM.from_pretrained(dest)`` and
+    ``AutoTokenizer.from_pretrained(dest)`` work offline.
+
+    A char or word tokenizer has no GPT-2 equivalent. By default that is an error; with
+    ``weights_only=True`` the model is exported anyway and the tokenizer is kept as
+    ``rnn2gpt_tokenizer.json`` (readable with ``rnn2gpt.tokenizers.load_tokenizer``), so the
+    ids can still be produced and decoded. Writes are atomic; an existing non-empty
+    ``dest_dir`` is replaced only with ``overwrite=True``, and only if it holds a GPT-2 export.
+    Returns ``dest_dir``.
+
+    Raises:
+        CheckpointError: not a GPT checkpoint, a non-BPE tokenizer without ``weights_only``, or
+            a destination that is not safe to write.
+    """
+    from ..training.checkpoint import load_checkpoint
+
+    dest = Path(dest_dir).expanduser()
+    checkpoint = load_checkpoint(checkpoint_dir)
+    model, tokenizer, run_config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
+    if run_config.model.arch != "gpt":
+        raise CheckpointError(
+            f"only GPT checkpoints export to the GPT-2 format; {checkpoint.directory} holds a "
+            f"{run_config.model.arch} model"
+        )
+    is_bpe = getattr(tokenizer, "kind", None) == "bpe"
+    if not is_bpe and not weights_only:
+        raise CheckpointError(
+            f"{checkpoint.directory} uses a {tokenizer.kind} tokenizer, which has no Hugging Face "
+            "equivalent; export the weights alone with weights_only (--weights-only), or train "
+            "with tokenizer.kind=bpe"
+        )
+    _check_destination(dest, overwrite, kind="gpt2")
+    eos = tokenizer.eos_id if is_bpe else None
+    bos = tokenizer.bos_id if is_bpe else None
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        from safetensors.torch import save_file
+
+        hf_config = model_config_to_gpt2_config(
+            run_config.model, bos_token_id=bos, eos_token_id=eos
+        )
+        _write_json(tmp / HF_CONFIG_FILE, hf_config)
+        save_file(gpt2_state_dict(model), str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+        _write_json(tmp / GENERATION_CONFIG_FILE, _generation_to_hf(run_config.generate, bos, eos))
+        if is_bpe:
+            _write_bpe_files(tokenizer, tmp, run_config.model.block_size)
+        else:
+            # Saved through the contract's save(dir), then renamed out of transformers' way.
+            tokenizer.save(tmp / ".tokenizer")
+            (tmp / ".tokenizer" / "tokenizer.json").rename(tmp / RNN2GPT_TOKENIZER_FILE)
+            (tmp / ".tokenizer").rmdir()
+            logger.warning(
+                "exported the weights only: the %s tokenizer is kept as %s and must be used "
+                "through rnn2gpt (transformers cannot read it)",
+                tokenizer.kind,
+                RNN2GPT_TOKENIZER_FILE,
+            )
+        _swap_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported %s to %s", checkpoint.directory, dest)
+    return dest
+
+
+def _write_bpe_files(tokenizer: Any, directory: Path, max_length: int) -> None:
+    """tokenizer.json, vocab.json + merges.txt, and the two small transformers JSON files."""
+    from ..tokenizers.bpe import EOT_TOKEN
+
+    tokenizer.save(directory)
+    tokenizer.save_gpt2_files(directory)
+    specials: dict[str, str] = {}
+    if tokenizer.eos_id is not None:
+        # GPT-2's convention: <|endoftext|> is bos, eos and unk (it is never produced as unk,
+        # byte-level BPE covers every string); pad too, as rnn2gpt uses it.
+        specials = {
+            name: EOT_TOKEN for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+        }
+    _write_json(
+        directory / TOKENIZER_CONFIG_FILE,
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": max_length,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            # decode must give back the exact text, as rnn2gpt's decode does
+            "clean_up_tokenization_spaces": False,
+            **specials,
+        },
+    )
+    _write_json(directory / SPECIAL_TOKENS_FILE, specials)
+
+
+def _generation_to_hf(gen: GenerationConfig, bos: int | None, eos: int | None) -> dict[str, Any]:
+    """``generation_config.json``: the special ids and the checkpoint's decoding defaults."""
+    out: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos}
+    if eos is not None:
+        out["pad_token_id"] = eos
+    out["max_new_tokens"] = gen.max_new_tokens
+    if gen.greedy:
+        out["do_sample"] = False
+    else:
+        out.update(do_sample=True, temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+        if gen.min_p > 0:
+            out["min_p"] = gen.min_p
+        if gen.typical_p < 1:
+            out["typical_p"] = gen.typical_p
+    if gen.repetition_penalty != 1.0:
+        out["repetition_penalty"] = gen.repetition_penalty
+    if gen.no_repeat_ngram_size:
+        out["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
+    return out
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _existing_dir(path: str | os.PathLike[str], what: str) -> Path:
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise CheckpointError(f"no {what} at {src}: the directory does not exist")
+    if not src.is_dir():
+        raise CheckpointError(f"{src} is a file; give the {what} directory")
+    return src
+
+
+def _check_destination(dest: Path, overwrite: bool, *, kind: str) -> None:
+    """Refuse to write where it could destroy something that is not ours to replace.
+
+    ``kind`` is what ``dest`` may already hold to be replaced: "rnn2gpt" (a checkpoint) or
+    "gpt2" (an export).
+    """
+    if dest.exists() and not dest.is_dir():
+        raise CheckpointError(f"cannot write to {dest}: a file of that name exists")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{dest} already exists and is not empty; choose a new directory or allow overwriting"
+        )
+    config = dest / HF_CONFIG_FILE
+    data = _read_json(config) if config.is_file() else {}
+    ours = (
+        data.get("format") == "rnn2gpt" if kind == "rnn2gpt" else data.get("model_type") == "gpt2"
+    )
+    if not ours:
+        what = "an rnn2gpt checkpoint" if kind == "rnn2gpt" else "a GPT-2 export"
+        raise CheckpointError(
+            f"{dest} is not {what}, so it is not replaced even with overwrite; choose a new "
+            "directory"
+        )
+
+
+def _swap_dir(tmp: Path, target: Path) -> None:
+    """Put ``tmp`` in place of ``target`` with renames only (the old one is removed last)."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path} as JSON ({exc}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; the file is damaged")
+    return data
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _conv1d_shape(key: str, ours: torch.Size) -> tuple[int, ...]:
+    """The shape GPT-2's file should have, given our (out, in) shape."""
+    return tuple(reversed(ours)) if _CONV1D.match(key) else tuple(ours)
+
+
+def _list(items: Any, limit: int = 8) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+__all__ = [
+    "export_hf",
+    "gpt2_config_to_model_config",
+    "gpt2_state_dict",
+    "import_hf",
+    "load_gpt2_state_dict",
+    "model_config_to_gpt2_config",
+    "read_gpt2_weights",
+]
