@@ -25,6 +25,31 @@ from .base import Recorder, count_parameters, register_model
 from .kv_cache import KVCache
 
 
+def _sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool
+) -> Tensor:
+    """Scaled dot-product attention; q (B, nh, T, hd), k/v (B, nh, S, hd) -> (B, nh, T, hd).
+
+    On CPUs PyTorch's bf16 flash-attention kernel is several times slower than its fp32 one
+    (measured here: 6.1 vs 1.4 ms forward+backward at B12/H4/T64/hd32), so under CPU bf16
+    autocast the attention itself runs in fp32; the projections around it stay in bf16.
+    """
+    if q.device.type == "cpu" and (
+        q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")
+    ):
+        out_dtype = q.dtype
+        # Autocast would cast the inputs straight back to bf16: step outside it.
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
+                is_causal=is_causal,
+            )
+        return y.to(out_dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+    )
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention. x (B, T, C) -> (B, T, C), keys/values kept in a cache."""
 
@@ -47,18 +72,15 @@ class CausalSelfAttention(nn.Module):
         recorder: Recorder | None = None,
     ) -> Tensor:
         batch, steps, width = x.shape
-        q, k, v = self.c_attn(x).split(width, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q = q.view(batch, steps, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(batch, steps, self.n_head, self.head_dim).transpose(1, 2)
-        v = v.view(batch, steps, self.n_head, self.head_dim).transpose(1, 2)
+        # (B, T, 3C) -> 3 x (B, n_head, T, head_dim), made contiguous in one copy: PyTorch's CPU
+        # attention kernels run about 1.5x faster (forward + backward) on contiguous inputs.
+        qkv = self.c_attn(x).view(batch, steps, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         k, v = cache.append(layer, k, v)  # (B, n_head, S, head_dim), S = past + T
         dropout_p = self.dropout if self.training else 0.0
 
         if recorder is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-            )
+            y = _sdpa(q, k, v, mask, dropout_p, is_causal)
         else:
             # The slow path: weights computed explicitly so they can be reported.
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, S)
