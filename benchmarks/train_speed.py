@@ -44,10 +44,18 @@ def hf_stepper(vocab: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab, n_positions=256, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0,
-    )).train()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=256,
+            n_embd=128,
+            n_layer=4,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    ).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
 
     def step(x, y):
@@ -97,7 +105,7 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     per_round = max(1, args.steps // args.rounds)
-    for name, step in contenders.items():  # warm-up
+    for step in contenders.values():  # warm-up
         for i in range(10):
             step(*batches.get(i))
     for r in range(args.rounds):
@@ -107,8 +115,10 @@ def main() -> None:
                 t = time.perf_counter()
                 step(x, y)
                 times[name].append(time.perf_counter() - t)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, B{BATCH} x T{BLOCK}, "
-          f"{len(next(iter(times.values())))} timed steps each, {args.rounds} alternating rounds\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, B{BATCH} x T{BLOCK}, "
+        f"{len(next(iter(times.values())))} timed steps each, {args.rounds} alternating rounds\n"
+    )
     print("| contender | ms/step (median) | tokens/s | vs transformers |")
     print("| --- | ---: | ---: | ---: |")
     base = None

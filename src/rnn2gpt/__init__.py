@@ -36,4 +36,12 @@ def train(**kwargs: Any):
     return _train(**kwargs)
 
 
-__all__ = ["__version__", "load", "train"]
+def finetune(checkpoint: str, **kwargs: Any):
+    """Fine-tune a checkpoint on new text (full or LoRA); see :func:`rnn2gpt.api.finetune`
+    (mirrors ``rnn2gpt finetune``)."""
+    from .api import finetune as _finetune
+
+    return _finetune(checkpoint, **kwargs)
+
+
+__all__ = ["__version__", "finetune", "load", "train"]

@@ -175,9 +175,15 @@ class TrainRequest:
     seed: int | None = None
     overrides: tuple[str, ...] = ()
 
-    def run_config(self) -> RunConfig:
-        """Defaults < preset < named options < ``--set`` overrides; validated."""
-        config = load_preset(self.preset or DEFAULT_PRESET)
+    def run_config(self, base: RunConfig | None = None) -> RunConfig:
+        """Defaults < preset (or ``base``) < named options < ``--set`` overrides; validated.
+
+        ``base`` is the saved configuration of a run being resumed: only what the user names
+        explicitly changes it.
+        """
+        if base is not None and self.preset is not None:
+            raise ConfigError("a resumed run keeps its own settings; drop --preset (use --set)")
+        config = base if base is not None else load_preset(self.preset or DEFAULT_PRESET)
         data_values = {
             k: v
             for k, v in (
@@ -218,6 +224,7 @@ def train(
     out: str | Path | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
     config: RunConfig | None = None,
     **options: Any,
 ):
@@ -226,8 +233,12 @@ def train(
     Options: ``data``, ``val_data``, ``data_dir``, ``model`` (rnn|lstm|gru|gpt), ``tokenizer``
     (char|word|bpe), ``max_steps``, ``max_time`` ("10m"), ``seed``, ``overrides``
     (["train.lr=3e-4", ...]). Pass ``config`` to give a complete :class:`RunConfig` instead.
+    ``resume=True`` continues the run in ``out`` with its saved settings (options given here
+    still apply, e.g. a longer ``max_steps``). ``overwrite=True`` lets a new run replace the
+    checkpoints already in ``out``.
     """
     from .training import train as run_training
+    from .training.checkpoint import read_config
 
     valid = {f.name for f in dataclasses.fields(TrainRequest)} - {"preset"}
     unknown = sorted(set(options) - valid)
@@ -237,9 +248,146 @@ def train(
         )
     if "overrides" in options:
         options["overrides"] = tuple(options["overrides"])
-    if config is None:
-        config = TrainRequest(preset=preset, **options).run_config()
     out_dir = Path(out) if out is not None else Path("runs") / (preset or DEFAULT_PRESET)
+    if config is None:
+        base = read_config(out_dir / "last") if resume and (out_dir / "last").is_dir() else None
+        config = TrainRequest(preset=preset, **options).run_config(base)
     return run_training(
-        config, out_dir, resume=resume, init_from=str(init_from) if init_from else None
+        config,
+        out_dir,
+        resume=resume,
+        init_from=str(init_from) if init_from else None,
+        overwrite=overwrite,
+    )
+
+
+# ---------------------------------------------------------------------- fine-tuning and interop
+
+MERGED_DIR = "merged"
+
+
+def finetune(
+    checkpoint: str | Path,
+    *,
+    data: str | Path,
+    val_data: str | Path | None = None,
+    out: str | Path | None = None,
+    max_steps: int | None = None,
+    max_time: str | float | None = None,
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
+    lora_targets: str | Sequence[str] | None = None,
+    lora_dropout: float | None = None,
+    merge: bool = False,
+    seed: int | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+):
+    """Fine-tune ``checkpoint`` on new text; mirrors ``rnn2gpt finetune``. Returns the
+    trainer's ``TrainResult``.
+
+    The run starts from the checkpoint's weights and tokenizer (the new text is encoded with
+    that tokenizer) with a fresh optimizer and learning-rate schedule; every other setting comes
+    from the checkpoint's saved config, then the options here, then ``overrides``
+    (``["train.lr=1e-4", ...]``). Without a budget the source run's own budget applies.
+
+    Args:
+        checkpoint: a checkpoint (``runs/x/best``) or a run folder (its ``best/`` is used).
+        data, val_data: the new training text and an optional validation file (default: the
+            last ``data.val_fraction`` of ``data``).
+        out: the run folder (default ``runs/<name of checkpoint>-finetuned``).
+        lora_rank: 0 = full fine-tuning; R > 0 trains rank-R LoRA adapters only (the base
+            weights stay frozen; checkpoints hold the base weights plus ``adapter.safetensors``).
+        lora_alpha, lora_targets, lora_dropout: the adapters' scale, module-name suffixes
+            (e.g. ``"attn.c_attn,mlp.c_fc"``; None = the model's defaults) and input dropout.
+        merge: after a LoRA run, also write ``OUT/merged/``: the best checkpoint with the adapters
+            folded into the weights (a plain checkpoint); its path is ``result.merged_dir``.
+        overwrite: replace a run (and its ``merged/``) already in ``out``.
+
+    An interrupted fine-tune continues exactly with ``train(out=OUT, resume=True)``
+    (``rnn2gpt train --resume OUT``); ``finetune`` always starts afresh from ``checkpoint``.
+    """
+    from .config import TrainConfig
+    from .training import train as run_training
+    from .training.checkpoint import read_config
+    from .training.merge import merge_lora_checkpoint as merge_checkpoint
+
+    source = resolve_checkpoint_dir(checkpoint)
+    # The source's data files are not this run's (its test file included).
+    base = read_config(source).with_values("data", test_path="")
+    defaults = TrainConfig()
+    if lora_targets is not None and not isinstance(lora_targets, str):
+        lora_targets = ",".join(lora_targets)
+    # The source run's own LoRA settings never carry over: each fine-tune says what it wants.
+    base = base.with_values(
+        "train",
+        lora_rank=int(lora_rank or 0),
+        lora_alpha=defaults.lora_alpha if lora_alpha is None else float(lora_alpha),
+        lora_targets=lora_targets or "",
+        lora_dropout=defaults.lora_dropout if lora_dropout is None else float(lora_dropout),
+    )
+    request = TrainRequest(
+        data=str(data),
+        val_data=None if val_data is None else str(val_data),
+        data_dir="",  # the new paths are the user's own, not relative to the source's data_dir
+        max_steps=max_steps,
+        max_time=max_time,
+        seed=seed,
+        overrides=tuple(overrides),
+    )
+    config = request.run_config(base)
+    out_dir = Path(out) if out is not None else default_finetune_dir(source)
+    merged = out_dir / MERGED_DIR
+    if merge:
+        if config.train.lora_rank <= 0:
+            raise ConfigError(
+                "--merge folds LoRA adapters into the weights, so it needs --lora-rank R; a full "
+                "fine-tune already writes plain checkpoints"
+            )
+        if merged.is_dir() and any(merged.iterdir()) and not overwrite:
+            raise ConfigError(
+                f"{merged} already exists; choose another --out folder or pass --overwrite"
+            )
+    result = run_training(config, out_dir, init_from=str(source), overwrite=overwrite)
+    if merge and not result.interrupted:
+        result.merged_dir = merge_checkpoint(out_dir / "best", merged, overwrite=True)
+    return result
+
+
+def default_finetune_dir(checkpoint: str | Path) -> Path:
+    """``runs/<run name>-finetuned``; the run name of ``runs/x/best`` is ``x``."""
+    path = Path(checkpoint).expanduser().resolve()
+    if path.name in ("best", "last", MERGED_DIR) and path.parent.name:
+        path = path.parent
+    return Path("runs") / f"{path.name or 'model'}-finetuned"
+
+
+def merge_lora_checkpoint(
+    checkpoint: str | Path, dest: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Fold a LoRA checkpoint's adapters into its weights and save a plain checkpoint at
+    ``dest``; mirrors ``rnn2gpt merge-lora``. ``checkpoint`` may be a run folder."""
+    from .training.merge import merge_lora_checkpoint as merge
+
+    return merge(resolve_checkpoint_dir(checkpoint), dest, overwrite=overwrite)
+
+
+def import_hf(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Convert a Hugging Face GPT-2 folder (``save_pretrained`` output) into an rnn2gpt
+    checkpoint; mirrors ``rnn2gpt import-hf``. Returns the checkpoint path."""
+    from .models.hf import import_hf as convert
+
+    return convert(src, out, overwrite=overwrite)
+
+
+def export_hf(
+    checkpoint: str | Path, dest: str | Path, *, overwrite: bool = False, weights_only: bool = False
+) -> Path:
+    """Write a GPT checkpoint (or run folder) as a Hugging Face GPT-2 folder that
+    ``AutoModelForCausalLM.from_pretrained`` reads; mirrors ``rnn2gpt export-hf``. A LoRA
+    checkpoint is exported with its adapters merged."""
+    from .models.hf import export_hf as convert
+
+    return convert(
+        resolve_checkpoint_dir(checkpoint), dest, overwrite=overwrite, weights_only=weights_only
     )

@@ -40,11 +40,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=tuple(args.set or ()),
     )
-    out = args.out or args.resume
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise Rnn2GptError("give either --resume DIR or --out DIR, not two different folders")
-    config = request.run_config()
-    result = train(args.preset, out=out, resume=bool(args.resume), config=config)
+    out = args.resume or args.out
+    base = None
+    if args.resume:
+        from .training.checkpoint import read_config
+
+        last = Path(args.resume) / "last"
+        if not last.is_dir():
+            raise Rnn2GptError(
+                f"cannot resume: {last} does not exist; start a new run without --resume"
+            )
+        base = read_config(last)
+    config = request.run_config(base)
+    result = train(
+        args.preset, out=out, resume=bool(args.resume), config=config, overwrite=args.overwrite
+    )
     _print_train_summary(result)
     return EXIT_INTERRUPTED if getattr(result, "interrupted", False) else 0
 
@@ -227,6 +239,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         "tokenizer": f"{ckpt.tokenizer.kind} ({ckpt.tokenizer.vocab_size} tokens)",
         "context": model.max_context if model.max_context is not None else "unbounded (recurrent)",
     }
+    if ckpt.has_adapter:
+        train = ckpt.config.train
+        info["adapter"] = (
+            f"LoRA rank {train.lora_rank}, alpha {train.lora_alpha:g} (base + adapter)"
+        )
     if ckpt.trainer_state:
         for key in ("step", "tokens", "best_val_loss"):
             if key in ckpt.trainer_state:
@@ -242,6 +259,62 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .api import finetune
+
+    result = finetune(
+        args.checkpoint,
+        data=args.data,
+        val_data=args.val_data,
+        out=args.out,
+        max_steps=args.max_steps,
+        max_time=args.max_time,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets,
+        lora_dropout=args.lora_dropout,
+        merge=args.merge,
+        seed=args.seed,
+        overrides=tuple(args.set or ()),
+        overwrite=args.overwrite,
+    )
+    _print_train_summary(result)
+    if result.merged_dir is not None:
+        print(f"merged checkpoint (adapters folded in) in {result.merged_dir}")
+    elif args.merge and result.interrupted:
+        print(
+            "not merged (interrupted); after resuming, run `rnn2gpt merge-lora "
+            f"{result.out_dir} {Path(result.out_dir) / 'merged'}`"
+        )
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from .api import merge_lora_checkpoint
+
+    path = merge_lora_checkpoint(args.checkpoint, args.dest, overwrite=args.overwrite)
+    print(f"merged checkpoint written to {path}")
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from .api import import_hf
+
+    path = import_hf(args.src, args.dest, overwrite=args.overwrite)
+    print(f"imported {args.src} into {path}; try `rnn2gpt generate {path}`")
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from .api import export_hf
+
+    path = export_hf(
+        args.checkpoint, args.dest, overwrite=args.overwrite, weights_only=args.weights_only
+    )
+    print(f"exported to {path}; load it with AutoModelForCausalLM.from_pretrained({str(path)!r})")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import DEFAULT_PRESET, list_presets
 
@@ -250,6 +323,113 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name, description in presets.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {description}{mark}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.compare import TABLE_COLUMNS, CompareSettings, run_comparison
+    from .analysis.compare_report import results_rows
+    from .config import parse_duration
+
+    settings = CompareSettings(
+        data=args.data,
+        tokenizer=args.tokenizer,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        budget_seconds=parse_duration(args.budget) if args.budget else None,
+        budget_tokens=args.budget_tokens,
+        overrides=tuple(args.set or ()),
+        prompt=args.prompt.replace("\\n", "\n"),
+        seed=args.seed,
+        match_params=not args.keep_sizes,
+        target_params=args.target_params,
+        gen_tokens=args.gen_tokens,
+        isolate=not args.in_process,
+        overwrite=args.overwrite,
+    )
+    comparison = run_comparison(settings, args.out)
+    print(_text_table(TABLE_COLUMNS, results_rows(comparison)))
+    out = Path(args.out)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths))]
+    lines += [
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.analyze import AnalyzeOptions, analyze_model, read_analysis_text
+    from .api import resolve_checkpoint_dir
+    from .data import load_corpus, read_text
+    from .training.checkpoint import load_checkpoint
+
+    directory = resolve_checkpoint_dir(args.checkpoint)
+    ckpt = load_checkpoint(directory)
+    chosen = {
+        "gradient_flow": args.gradient_flow,
+        "attention": args.attention,
+        "gates": args.gates,
+        "tokens": args.tokens,
+        "diversity": args.diversity,
+    }
+    if not any(chosen.values()):  # nothing named: every analysis
+        chosen = dict.fromkeys(chosen, True)
+    prompt = (args.prompt or "").replace("\\n", "\n")
+    text = read_analysis_text(args.text, prompt, lambda: load_corpus(ckpt.config.data).val_text)
+    options = AnalyzeOptions(
+        **chosen,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        batches=args.batches,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        unit=args.unit,
+        copy_n=args.copy_n,
+    )
+    if args.out:
+        out = Path(args.out)
+    elif directory != Path(args.checkpoint):  # a run folder: next to its checkpoints
+        out = Path(args.checkpoint) / "analysis"
+    else:
+        out = directory.parent / f"{directory.name}-analysis"
+    result = analyze_model(
+        ckpt.model.eval(),
+        ckpt.tokenizer,
+        out,
+        text=text,
+        prompt=prompt,
+        train_text=read_text(args.train_data) if args.train_data else None,
+        generation=ckpt.config.generate,
+        options=options,
+        label=f"{ckpt.config.model.arch} ({directory})",
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    diversity = result.numbers.get("diversity")
+    if diversity:
+        copied = diversity["copied_fraction"]
+        print(
+            f"diversity: distinct-1 {diversity['distinct_1']:.3f}, distinct-2 "
+            f"{diversity['distinct_2']:.3f}, repetition rate {diversity['repetition_rate']:.3f}"
+            + ("" if copied is None else f", copied {diversity['copy_n']}-grams {copied:.3f}")
+        )
+    tokens = result.numbers.get("tokens")
+    if tokens and tokens.get("scored"):
+        print(
+            f"text: {tokens['mean_surprisal_bits']:.3f} bits per token, mean entropy "
+            f"{tokens['mean_entropy_bits']:.3f} bits"
+        )
+    print("wrote " + ", ".join(str(f) for f in result.files))
     return 0
 
 
@@ -283,7 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m, 1h")
     p.add_argument("--seed", type=int, help="random seed (runs are reproducible from it)")
-    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR exactly")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue an interrupted run (train or finetune) in DIR exactly: same weights, "
+        "optimizer, schedule and data position (to start a new run from a checkpoint, use "
+        "`rnn2gpt finetune`)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a new run replace the checkpoints already in --out",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -291,6 +482,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any setting, e.g. --set train.lr=3e-4 --set model.n_layer=6",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint on new text (full or LoRA)",
+        description="Fine-tune a trained checkpoint on new text: the same trainer, started from "
+        "the checkpoint's weights and tokenizer with a fresh optimizer and learning-rate "
+        "schedule; other settings come from the checkpoint's config (change them with --set). "
+        "The new text is encoded with the checkpoint's tokenizer. An interrupted fine-tune is "
+        "continued exactly with `rnn2gpt train --resume OUT`; running finetune again starts over.",
+    )
+    p.add_argument("checkpoint", metavar="DIR", help="checkpoint or run folder to start from")
+    p.add_argument("--data", required=True, help="new training text: a file, .gz or directory")
+    p.add_argument("--val-data", help="separate validation file (default: last 10%% of --data)")
+    p.add_argument("--out", help="output folder (default runs/<name of DIR>-finetuned)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="train rank-R LoRA adapters only (base weights frozen); 0 = full fine-tuning",
+    )
+    p.add_argument("--lora-alpha", type=float, metavar="A", help="adapter scale alpha (16)")
+    p.add_argument(
+        "--lora-targets",
+        metavar="A,B",
+        help="layers to adapt, by name suffix, e.g. attn.c_attn,mlp.c_fc (default: the model's "
+        "block linears; recurrent models: decoder)",
+    )
+    p.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="after a LoRA run, also write OUT/merged: the best checkpoint with the adapters "
+        "folded into the weights",
+    )
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set train.lr=1e-4 --set train.batch_size=8",
+    )
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
         "generate",
@@ -358,11 +596,142 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
+        "merge-lora",
+        help="fold a LoRA checkpoint's adapters into a plain checkpoint",
+        description="Fold the LoRA adapters of a fine-tuned checkpoint into its weights and save "
+        "a plain checkpoint (same outputs, no adapter file).",
+    )
+    p.add_argument("checkpoint", metavar="DIR", help="LoRA checkpoint or run folder")
+    p.add_argument("dest", metavar="DEST", help="folder for the merged checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint in DEST")
+    p.set_defaults(func=cmd_merge_lora)
+
+    p = sub.add_parser(
+        "import-hf",
+        help="convert a Hugging Face GPT-2 folder into a checkpoint",
+        description="Convert a Hugging Face GPT-2 model folder (what save_pretrained writes: "
+        "config.json, weights, vocab.json + merges.txt or tokenizer.json) into an rnn2gpt "
+        "checkpoint. Nothing is downloaded.",
+    )
+    p.add_argument("src", metavar="SRC", help="Hugging Face model folder")
+    p.add_argument("dest", metavar="DIR", help="folder for the new checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint in DIR")
+    p.set_defaults(func=cmd_import_hf)
+
+    p = sub.add_parser(
+        "export-hf",
+        help="write a GPT checkpoint as a Hugging Face GPT-2 folder",
+        description="Write a GPT checkpoint as a Hugging Face GPT-2 folder that "
+        "transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained can load. LoRA "
+        "checkpoints are exported with their adapters merged.",
+    )
+    p.add_argument("checkpoint", metavar="DIR", help="GPT checkpoint or run folder")
+    p.add_argument("dest", metavar="DEST", help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a GPT-2 export in DEST")
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="export a char/word-tokenizer model anyway (its tokenizer stays rnn2gpt's own)",
+    )
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser(
         "presets",
         help="list the shipped presets",
         description="List the shipped presets, one line each.",
     )
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser(
+        "compare",
+        help="train every architecture under the same budget and write a comparison report",
+        description="Train RNN, LSTM, GRU and GPT (presets shakespeare-char-*) under the same "
+        "budget with comparable parameter counts, then write OUT/report.md and OUT/report.html "
+        "(table, validation curves, samples).",
+    )
+    p.add_argument("--data", help="training text (default: the bundled Tiny Shakespeare)")
+    p.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="tokenizer for all models")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", help="training time per model, e.g. 90s, 10m (default 5m)")
+    budget.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="training tokens per model instead of a time budget",
+    )
+    p.add_argument("--models", default="rnn,lstm,gru,gpt", help="comma-separated architectures")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--prompt", default="", help="prompt of every model's sample")
+    p.add_argument("--seed", type=int, help="training and sampling seed")
+    p.add_argument(
+        "--target-params",
+        type=int,
+        metavar="N",
+        help="size every model near N parameters (default: the GPT preset's count)",
+    )
+    p.add_argument(
+        "--keep-sizes",
+        action="store_true",
+        help="keep the presets' sizes instead of matching parameter counts",
+    )
+    p.add_argument(
+        "--gen-tokens",
+        type=int,
+        default=200,
+        help="tokens generated to time decoding and for each sample (default 200)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train in this process (starts faster; peak memory is not measured)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting for every model (model.n_layer=2) or one (gpt:model.n_head=4)",
+    )
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "analyze",
+        help="look inside a model: gradient flow, attention, gates, per-token view, diversity",
+        description="Analyse a checkpoint on a text. With no analysis named, runs them all; "
+        "writes PNGs, HTML views and analysis.md / analysis.html.",
+    )
+    p.add_argument("checkpoint", metavar="DIR", help="checkpoint or run folder")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--text", metavar="FILE", help="text to analyse")
+    text.add_argument("--prompt", help="text to analyse (and the prompt of diversity samples)")
+    p.add_argument("--out", help="output folder (default DIR/analysis)")
+    p.add_argument("--gradient-flow", action="store_true", help="gradient norm vs distance")
+    p.add_argument("--attention", action="store_true", help="attention maps (GPT)")
+    p.add_argument("--gates", action="store_true", help="gate activations (LSTM, GRU)")
+    p.add_argument("--tokens", action="store_true", help="per-token probability and entropy")
+    p.add_argument("--diversity", action="store_true", help="diversity of generated samples")
+    p.add_argument(
+        "--train-data",
+        metavar="PATH",
+        help="training text, for the share of generated n-grams copied from it",
+    )
+    p.add_argument("--seq-len", type=int, default=64, help="gradient-flow window (tokens)")
+    p.add_argument("--batches", type=int, default=4, help="gradient-flow batches averaged")
+    p.add_argument("--batch-size", type=int, default=8, help="gradient-flow windows per batch")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=64,
+        help="tokens shown in attention maps and gate heatmaps",
+    )
+    p.add_argument("--samples", type=int, default=8, help="samples for the diversity metrics")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens per sample")
+    p.add_argument(
+        "--unit", choices=["word", "char"], default="word", help="unit of the diversity metrics"
+    )
+    p.add_argument("--copy-n", type=int, default=4, help="n of the copied n-grams")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -43,7 +43,10 @@ class ModelConfig:
     n_hidden: int = 0  # recurrent hidden size; 0 means n_embd (RNN family only)
     n_head: int = 4  # GPT only
     block_size: int = 256  # GPT context length in tokens
-    dropout: float = 0.0
+    dropout: float = 0.0  # embeddings, residual branches, between recurrent layers
+    attn_dropout: float = (
+        0.0  # GPT attention weights (slow on CPUs: PyTorch's fast kernel skips it)
+    )
     tie_weights: bool = True  # share the input embedding and output projection
     bias: bool = True  # biases in linear layers and layer norms (GPT)
     nonlinearity: str = "tanh"  # vanilla RNN: tanh | relu
@@ -71,8 +74,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model.n_hidden must be 0 (same as n_embd) or positive (got {self.n_hidden})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout})")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1) (got {getattr(self, name)})")
         if self.arch == "gpt" and self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
@@ -144,6 +148,11 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     seed: int = 1337
     threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
+    # LoRA fine-tuning (needs a source checkpoint): rank 0 = full fine-tuning.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapter update is scaled by lora_alpha / lora_rank
+    lora_targets: str = ""  # comma-separated module-name suffixes; "" = the model's defaults
+    lora_dropout: float = 0.0  # dropout on the adapters' input
 
     def validate(self) -> None:
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
@@ -158,6 +167,14 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive (got {self.lr})")
+        if self.lora_rank < 0:
+            raise ConfigError(
+                f"train.lora_rank must be 0 (full fine-tuning) or positive (got {self.lora_rank})"
+            )
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"train.lora_alpha must be positive (got {self.lora_alpha})")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"train.lora_dropout must be in [0, 1) (got {self.lora_dropout})")
 
 
 @dataclass(frozen=True)

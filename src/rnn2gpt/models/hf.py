@@ -145,6 +145,7 @@ def gpt2_config_to_model_config(hf_config: Mapping[str, Any], *, bias: bool = Tr
         n_head=int(get("n_head", 12)),
         block_size=int(get("n_positions", 1024)),
         dropout=dropout,
+        attn_dropout=float(get("attn_pdrop", 0.1)),
         tie_weights=bool(get("tie_word_embeddings", True)),
         bias=bias,
         pos_encoding="learned",
@@ -183,7 +184,7 @@ def model_config_to_gpt2_config(
         "activation_function": _ACTIVATIONS_OUT[cfg.activation],
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.attn_dropout,
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
@@ -523,8 +524,12 @@ def export_hf(
     from ..training.checkpoint import load_checkpoint
 
     dest = Path(dest_dir).expanduser()
+    from .lora import has_lora, merge_lora
+
     checkpoint = load_checkpoint(checkpoint_dir)
     model, tokenizer, run_config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
+    if has_lora(model):  # a LoRA checkpoint exports as the adapted model, as plain weights
+        model = merge_lora(model)
     if run_config.model.arch != "gpt":
         raise CheckpointError(
             f"only GPT checkpoints export to the GPT-2 format; {checkpoint.directory} holds a "

@@ -185,6 +185,11 @@ def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
+def is_adapter_tensor(name: str) -> bool:
+    """Whether a state-dict name is an adapter tensor (``<layer>.lora_A`` / ``.lora_B``)."""
+    return name.endswith(_ADAPTER_SUFFIXES)
+
+
 # --------------------------------------------------------------------------- adapter weights
 
 
@@ -366,6 +371,7 @@ __all__ = [
     "apply_lora",
     "default_lora_targets",
     "has_lora",
+    "is_adapter_tensor",
     "load_lora_adapter",
     "load_lora_state_dict",
     "lora_state_dict",

@@ -11,12 +11,20 @@ A checkpoint directory holds::
                               hyper-parameters of the param groups as JSON in the metadata
     trainer_state.json        (to resume) step, tokens, elapsed seconds, best metric, RNG states...
     trainer_state.safetensors (to resume) tensor state: torch RNG states, carried RNN state
+    adapter.safetensors       (LoRA runs only) the adapters' A/B tensors, with their rank, alpha
+                              and targets in the metadata; config.json then says
+                              "adapter": "adapter.safetensors"
 
 Nothing is pickled: safetensors and JSON only, so a checkpoint from a stranger loads safely.
 
 **Tied weights.** A model that shares its embedding with its output layer has two state-dict
 names for one tensor. Only the first name of each group of aliases is stored; loading fills every
 alias from it (which name was kept does not matter: the model's own aliases are recomputed).
+
+**LoRA checkpoints.** A model carrying LoRA adapters is saved as its *base* weights in
+``model.safetensors`` (the names of the plain model) plus ``adapter.safetensors``;
+:func:`load_checkpoint` re-applies the adapter, so generation and evaluation see the adapted
+model, while the base file stays identical to the fine-tuning source and the adapter stays small.
 
 **Atomic writes.** Everything is written into a fresh hidden directory beside the target and
 fsynced; then the old checkpoint (if any) is renamed aside, the new one renamed into place and
@@ -48,6 +56,13 @@ from torch import nn
 from .. import __version__
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TokenizerError
+from ..models.lora import (
+    has_lora,
+    is_adapter_tensor,
+    load_lora_adapter,
+    load_lora_state_dict,
+    save_lora_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +74,9 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAINER_TENSORS_FILE = "trainer_state.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_KEY = "adapter"  # config.json key naming the adapter file of a LoRA checkpoint
+_HEADER_KEYS = ("format", "format_version", "rnn2gpt_version", ADAPTER_KEY)
 
 # Optimizer settings that describe how this process runs the update, not what was learned:
 # on load they keep the live optimizer's values (a fused-CPU checkpoint may resume elsewhere).
@@ -82,6 +100,11 @@ class Checkpoint:
     @property
     def has_optimizer_state(self) -> bool:
         return (self.directory / OPTIMIZER_FILE).is_file()
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether ``model`` carries LoRA adapters (read from ``adapter.safetensors``)."""
+        return has_lora(self.model)
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore ``optimizer`` (built over this model's parameters) from the checkpoint."""
@@ -122,6 +145,10 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
     device = torch.device(map_location) if map_location is not None else torch.device("cpu")
     model.to(device)
     load_model_weights(model, path / MODEL_FILE, device)
+    adapter = adapter_file(path)
+    if adapter is not None:
+        load_lora_adapter(model, adapter)  # CheckpointError when it is missing or does not fit
+        model.to(device)
     model.eval()
 
     trainer_state = None
@@ -165,19 +192,50 @@ def read_config(directory: str | os.PathLike[str]) -> RunConfig:
             f"{version}); this rnn2gpt {__version__} reads format {FORMAT_VERSION} at most: "
             "upgrade rnn2gpt (pip install -U rnn2gpt)"
         )
-    sections = {
-        k: v for k, v in data.items() if k not in ("format", "format_version", "rnn2gpt_version")
-    }
+    sections = {k: v for k, v in data.items() if k not in _HEADER_KEYS}
     try:
         return RunConfig.from_dict(sections, source=str(config_path))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
 
 
+def adapter_file(directory: str | os.PathLike[str]) -> Path | None:
+    """The LoRA adapter file a checkpoint's config.json names, or None for a plain checkpoint.
+
+    Raises:
+        CheckpointError: config.json names an adapter file that is not there.
+    """
+    path = Path(directory).expanduser()
+    name = _read_json(path / CONFIG_FILE).get(ADAPTER_KEY)
+    if not name:
+        return None
+    file = path / Path(str(name)).name  # a bare file name inside the checkpoint, never a path
+    if not file.is_file():
+        raise CheckpointError(
+            f"{path} is a LoRA checkpoint but has no {file.name}; the checkpoint is incomplete, "
+            "save or copy it again"
+        )
+    return file
+
+
+def load_weights(model: nn.Module, directory: str | os.PathLike[str], device: Any = "cpu") -> None:
+    """Load a checkpoint's weights into a model already built (and, for a LoRA checkpoint,
+    already adapted with the same targets and rank): base weights, then adapter tensors."""
+    path = Path(directory).expanduser()
+    load_model_weights(model, path / MODEL_FILE, device)
+    adapter = adapter_file(path)
+    if adapter is not None and has_lora(model):
+        load_lora_state_dict(model, _load_tensors(adapter, device))
+
+
 def load_model_weights(model: nn.Module, file: Path, device: torch.device | str = "cpu") -> None:
-    """Load ``file`` into ``model``, filling tied aliases; clear errors for any mismatch."""
+    """Load ``file`` into ``model``, filling tied aliases; clear errors for any mismatch.
+
+    A model carrying LoRA adapters takes its base weights from ``file`` and keeps its adapter
+    tensors (they live in ``adapter.safetensors``; see :func:`load_weights`).
+    """
     stored = _load_tensors(file, device)
-    expected = model.state_dict()
+    expected = {k: v for k, v in model.state_dict().items() if not is_adapter_tensor(k)}
     groups = alias_groups(expected)
     full: dict[str, torch.Tensor] = {}
     missing, shapes = [], []
@@ -204,7 +262,8 @@ def load_model_weights(model: nn.Module, file: Path, device: torch.device | str 
             f"{file} does not match the model described by config.json: {'; '.join(problems)}; "
             "the weights and config come from different models"
         )
-    model.load_state_dict(full, strict=True)
+    # Every base tensor was checked above; only the adapters (if any) are left out here.
+    model.load_state_dict(full, strict=not has_lora(model))
 
 
 def load_optimizer_state(
@@ -291,9 +350,14 @@ def save_checkpoint(
     _remove_stale_temps(target)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     os.mkdir(tmp)
+    plain = unwrap_model(model)
+    adapted = has_lora(plain)
     try:
-        _write_json(tmp / CONFIG_FILE, _config_json(config))
-        save_model_weights(unwrap_model(model), tmp / MODEL_FILE)
+        header = {ADAPTER_KEY: ADAPTER_FILE} if adapted else {}
+        _write_json(tmp / CONFIG_FILE, {**_config_json(config), **header})
+        save_model_weights(plain, tmp / MODEL_FILE)
+        if adapted:
+            save_lora_adapter(plain, tmp / ADAPTER_FILE)
         tokenizer.save(tmp)
         if optimizer is not None:
             save_optimizer_state(optimizer, tmp / OPTIMIZER_FILE)
@@ -313,8 +377,11 @@ def save_checkpoint(
 
 
 def save_model_weights(model: nn.Module, file: Path) -> None:
-    """Store ``model.state_dict()`` with each group of tied aliases stored once."""
-    state = model.state_dict()
+    """Store ``model.state_dict()`` with each group of tied aliases stored once.
+
+    LoRA adapter tensors are left out: the file holds the base model, under its plain names.
+    """
+    state = {k: v for k, v in model.state_dict().items() if not is_adapter_tensor(k)}
     kept = {group[0]: state[group[0]] for group in alias_groups(state)}
     tied = {alias: group[0] for group in alias_groups(state) for alias in group[1:]}
     metadata = {"format": "pt", "tied": json.dumps(tied)}
@@ -598,12 +665,15 @@ def _remove_stale_temps(target: Path) -> None:
 
 
 __all__ = [
+    "ADAPTER_FILE",
     "Checkpoint",
     "CheckpointError",
+    "adapter_file",
     "alias_groups",
     "capture_rng_state",
     "load_checkpoint",
     "load_model_weights",
+    "load_weights",
     "load_optimizer_state",
     "read_config",
     "restore_rng_state",

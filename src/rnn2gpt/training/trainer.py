@@ -42,12 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TokenizerError, TrainingError
+from ..models.lora import apply_lora, has_lora, load_lora_adapter, merge_lora
 from .checkpoint import (
     Checkpoint,
+    adapter_file,
     capture_rng_state,
     load_checkpoint,
-    load_model_weights,
+    load_weights,
     restore_rng_state,
     save_checkpoint,
     state_from_tensors,
@@ -85,6 +87,7 @@ class TrainResult:
     interrupted: bool = False
     tokens_per_sec: float = 0.0  # training tokens per second of training (evaluation excluded)
     stop_reason: str = ""
+    merged_dir: Path | None = None  # set by api.finetune(merge=True): the merged checkpoint
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -98,6 +101,7 @@ def train(
     resume: bool = False,
     init_from: str | None = None,
     interrupt: threading.Event | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the model ``config`` describes; checkpoints and logs go to ``out_dir``.
 
@@ -112,6 +116,8 @@ def train(
             and schedule.
         interrupt: when set (checked once per step), the run saves ``last`` and returns with
             ``interrupted=True``, as Ctrl-C does.
+        overwrite: a new run in an ``out_dir`` that already holds checkpoints replaces them;
+            without it that is an error (nothing saved is ever lost by accident).
 
     Raises:
         TrainingError: the loss became NaN or infinite (checkpoints already saved stay intact).
@@ -121,7 +127,7 @@ def train(
     threads = torch.get_num_threads()  # train.threads changes a process-wide setting; undo it
     try:
         with _sigint_flag() as sigint:
-            run = _Run(config, Path(out_dir).expanduser(), ctx, resume, init_from)
+            run = _Run(config, Path(out_dir).expanduser(), ctx, resume, init_from, overwrite)
             return run.loop(sigint, interrupt)
     finally:
         if torch.get_num_threads() != threads:
@@ -183,11 +189,18 @@ class _Run:
         ctx: DistContext,
         resume: bool,
         init_from: str | None,
+        overwrite: bool = False,
     ) -> None:
-        from ..data import StreamBatches, WindowBatches, encode_cached, eval_batches, load_corpus
+        from ..data import StreamBatches, WindowBatches, eval_batches, load_corpus
         from ..models import build_model
 
         config.validate()
+        if config.train.lora_rank > 0 and not resume and not init_from:
+            raise ConfigError(
+                f"train.lora_rank={config.train.lora_rank} needs a model to adapt: fine-tune a "
+                "checkpoint (rnn2gpt finetune DIR --lora-rank R, or init_from=DIR), or set "
+                "train.lora_rank=0 to train from scratch"
+            )
         self.ctx = ctx
         self.out_dir = out_dir
         self.device = ctx.device
@@ -198,12 +211,14 @@ class _Run:
 
         resumed: Checkpoint | None = None
         source: Checkpoint | None = None
-        if not resume and ctx.is_main and any((out_dir / n).is_dir() for n in (BEST, LAST)):
-            logger.warning(
-                "%s already holds checkpoints; this new run replaces them (resume=True continues "
-                "the old run instead)",
-                out_dir,
-            )
+        if not resume and any((out_dir / n).is_dir() for n in (BEST, LAST)):
+            if not overwrite:
+                raise ConfigError(
+                    f"{out_dir} already holds a training run; continue it with --resume "
+                    f"{out_dir}, choose another --out folder, or pass --overwrite to replace it"
+                )
+            if ctx.is_main:
+                logger.warning("%s already holds checkpoints; this new run replaces them", out_dir)
         if resume:
             resumed = _load_resume_checkpoint(out_dir, self.device)
             if init_from:
@@ -224,15 +239,23 @@ class _Run:
         config = replace(config, model=model_config).validate()
         self.config = config
 
-        # Token ids: rank 0 fills the cache first, so ranks never race to write it.
+        # Token ids: rank 0 fills the cache first, so ranks never race to write it. A fine-tune
+        # encodes the new text with the source's tokenizer, which may not know all of it.
+        finetuning = source is not None and resumed is None
+        train_text = (
+            corpus.train_text,
+            f"the training text ({config.data.path or 'the bundled corpus'})",
+        )
         if ctx.is_main:
-            self.train_ids = encode_cached(corpus.train_text, self.tokenizer, config.data.cache_dir)
+            self.train_ids = self._encode(*train_text, finetuning)
         barrier(ctx)
         if not ctx.is_main:
-            self.train_ids = encode_cached(corpus.train_text, self.tokenizer, config.data.cache_dir)
-        self.val_ids = encode_cached(corpus.val_text, self.tokenizer, config.data.cache_dir)
+            self.train_ids = self._encode(*train_text, finetuning)
+        self.val_ids = self._encode(corpus.val_text, "the validation text", finetuning)
         self.chars_per_token = len(corpus.val_text) / max(len(self.val_ids), 1)
         self.test_text = _test_text(corpus, config)
+        if self.test_text is not None:  # encoded now so that a bad test text fails early
+            self._encode(self.test_text, "the test text", finetuning)
 
         torch.manual_seed(tc.seed)
         model = build_model(model_config)
@@ -240,8 +263,7 @@ class _Run:
         # Fail now, not at the first evaluation, when the validation text cannot fill a batch.
         name = "the validation text"
         next(eval_batches(self.val_ids, tc.batch_size, tc.seq_len, 1, self.stateful, name=name))
-        if source is not None:
-            model.load_state_dict(source.model.state_dict())
+        self.lora_layers = self._load_source(model, source, resumed)
         if ctx.enabled:
             torch.manual_seed(tc.seed + ctx.rank)  # same initial weights, different dropout masks
         self.model = model.to(self.device)
@@ -280,6 +302,53 @@ class _Run:
         )
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _encode(self, text: str, what: str, finetuning: bool) -> np.ndarray:
+        """Token ids of ``text`` (cached); a clear error when a fine-tune's base tokenizer
+        cannot encode the new text."""
+        from ..data import encode_cached
+
+        try:
+            return encode_cached(text, self.tokenizer, self.config.data.cache_dir)
+        except TokenizerError as exc:
+            if not finetuning:
+                raise
+            raise _base_tokenizer_error(text, self.tokenizer, what, exc) from None
+
+    def _load_source(
+        self, model: nn.Module, source: Checkpoint | None, resumed: Checkpoint | None
+    ) -> list[str]:
+        """Copy the source checkpoint's weights into ``model`` (fresh from ``build_model``) and
+        add LoRA adapters when the run asks for them; returns the adapted layers' names."""
+        if source is None:
+            return []
+        if resumed is not None:
+            # Same adapters as the interrupted run (rank, alpha, targets from its adapter file).
+            adapter = adapter_file(resumed.directory)
+            layers = load_lora_adapter(model, adapter) if adapter is not None else []
+            model.load_state_dict(resumed.model.state_dict())
+            return layers
+        if has_lora(source.model):
+            # Fine-tuning a LoRA checkpoint starts from its adapted weights.
+            merge_lora(source.model)
+        model.load_state_dict(source.model.state_dict())
+        tc = self.config.train
+        if tc.lora_rank <= 0:
+            return []
+        try:
+            layers = apply_lora(
+                model, tc.lora_rank, tc.lora_alpha, tc.lora_targets or None, tc.lora_dropout
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"cannot add LoRA adapters to the source model: {exc}") from None
+        logger.info(
+            "LoRA rank %d on %d layers: %s of %s parameters train",
+            tc.lora_rank,
+            len(layers),
+            f"{model.num_parameters(trainable_only=True):,}",
+            f"{model.num_parameters():,}",
+        )
+        return layers
 
     def _train_tokenizer(self, corpus: Any, config: RunConfig) -> Any:
         from ..tokenizers import load_tokenizer, train_tokenizer
@@ -626,9 +695,9 @@ class _Run:
 
         if self.test_text is None:
             return
-        best = self.out_dir / BEST / "model.safetensors"
-        if best.is_file() and self.progress.best_step != self.progress.step:
-            load_model_weights(self.model, best, self.device)
+        best = self.out_dir / BEST
+        if (best / "model.safetensors").is_file() and self.progress.best_step != self.progress.step:
+            load_weights(self.model, best, self.device)  # base weights, then any adapters
         ids = encode_cached(self.test_text, self.tokenizer, self.config.data.cache_dir)
         metrics = self._evaluate(ids, 0, len(self.test_text) / max(len(ids), 1))
         self.progress.last_metrics.update(
@@ -659,6 +728,15 @@ class _Run:
             "tokens": self.progress.tokens,
             "best_val_loss": self.progress.best_val_loss,
         }
+        if self.lora_layers:
+            tc = self.config.train
+            # model.safetensors holds the base weights; the adapters are in adapter.safetensors.
+            trainer_state["lora"] = {
+                "adapter": True,
+                "rank": tc.lora_rank,
+                "alpha": tc.lora_alpha,
+                "layers": self.lora_layers,
+            }
         save_checkpoint(
             self.out_dir / name,
             model=self.model,
@@ -719,7 +797,42 @@ def _resume_config(asked: RunConfig, saved: RunConfig) -> RunConfig:
         logger.warning(
             "resuming with another batch shape: the batches will differ from the original run"
         )
-    return replace(asked, model=saved.model, tokenizer=saved.tokenizer)
+    return _keep_lora_settings(replace(asked, model=saved.model, tokenizer=saved.tokenizer), saved)
+
+
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+
+
+def _keep_lora_settings(asked: RunConfig, saved: RunConfig) -> RunConfig:
+    """A resumed run keeps its LoRA settings: its adapters already exist in the checkpoint."""
+    kept = {key: getattr(saved.train, key) for key in _LORA_KEYS}
+    if any(getattr(asked.train, key) != value for key, value in kept.items()):
+        logger.warning("resuming keeps the run's LoRA settings; the train.lora_* given are ignored")
+    return replace(asked, train=replace(asked.train, **kept))
+
+
+def _base_tokenizer_error(
+    text: str, tokenizer: Any, what: str, error: TokenizerError
+) -> TokenizerError:
+    """The error for new text that the fine-tuning source's tokenizer cannot encode."""
+    unknown = []
+    for char in sorted(set(text)):
+        try:
+            tokenizer.encode(char)
+        except TokenizerError:
+            unknown.append(char)
+    if not unknown:
+        return TokenizerError(
+            f"the base model's {tokenizer.kind} tokenizer cannot encode {what}: {error}"
+        )
+    shown = ", ".join(repr(c) for c in unknown[:10])
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    return TokenizerError(
+        f"the base model's {tokenizer.kind} tokenizer cannot encode the new data: {what} has "
+        f"{len(unknown)} character(s) it has never seen ({shown}{more}); fine-tune on text "
+        "without them, or start from a base model that can encode them (one trained with "
+        "tokenizer.unk=true maps unseen characters to <unk>; a BPE tokenizer encodes any text)"
+    )
 
 
 def _finetune_config(asked: RunConfig, saved: RunConfig) -> RunConfig:

@@ -1,0 +1,155 @@
+"""The architecture-comparison report: ``report.md`` and a self-contained ``report.html``.
+
+It reads only a :class:`~rnn2gpt.analysis.compare.Comparison` (and each run's ``metrics.jsonl``
+for the curves), so a report can be rebuilt from ``comparison.json`` without training again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .compare import CURVES_FILE, TABLE_COLUMNS, Comparison, ModelRun
+from .plots import MATPLOTLIB_HINT, matplotlib_available, plot_validation_curves
+from .report import Report
+
+TITLE = "From RNN to GPT, side by side"
+
+
+def results_rows(comparison: Comparison) -> list[list[str]]:
+    """The main table, one row per model, in :data:`compare.TABLE_COLUMNS` order."""
+    return [
+        [
+            run.name,
+            f"{run.parameters:,}",
+            f"{run.tokens_per_sec:,.0f}",
+            _fmt(run.best_val_loss, 4),
+            _fmt(run.val_perplexity, 2),
+            _fmt(run.val_bits_per_char, 3),
+            f"{run.gen_tokens_per_sec:,.0f}",
+            _memory(run),
+        ]
+        for run in comparison.runs
+    ]
+
+
+def details_rows(comparison: Comparison) -> list[list[str]]:
+    return [
+        [
+            run.name,
+            run.preset,
+            str(run.n_layer),
+            str(run.n_embd),
+            str(run.n_hidden) if run.n_hidden else "-",
+            f"{run.steps:,}",
+            f"{run.train_tokens:,}",
+            f"{run.train_seconds:.1f}",
+            run.stop_reason or "n/a",
+            run.run_dir,
+        ]
+        for run in comparison.runs
+    ]
+
+
+DETAILS_COLUMNS = (
+    "architecture",
+    "preset",
+    "layers",
+    "n_embd",
+    "n_hidden (- = n_embd)",
+    "steps",
+    "training tokens",
+    "wall time (s)",
+    "stopped by",
+    "run folder",
+)
+
+
+def comparison_report(comparison: Comparison, curves_png: str | os.PathLike[str] | None) -> Report:
+    """The report's blocks; ``curves_png`` is the validation-curve plot (None: not drawn)."""
+    c = comparison
+    report = Report(TITLE)
+    target = (
+        f"comparable sizes: widths chosen to land near {c.target_params:,} parameters"
+        if c.target_params
+        else "sizes as configured"
+    )
+    report.paragraph(
+        f"Data: {c.data}. Tokenizer: {c.tokenizer} ({c.vocab_size:,} tokens). Budget: {c.budget}. "
+        f"{target.capitalize()}. Seed {c.seed}. Every model is trained by the same trainer from "
+        "its shakespeare-char-* preset."
+    )
+    env = c.environment
+    if env:
+        report.paragraph(
+            f"Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, "
+            f"{env.get('train_threads', '?')} training thread(s); Python {env.get('python', '?')}, "
+            f"PyTorch {env.get('torch', '?')}."
+        )
+    report.heading("Results")
+    report.table(TABLE_COLUMNS, results_rows(c))
+    gen_tokens = max((r.gen_tokens for r in c.runs), default=0)
+    report.paragraph(
+        "Validation loss is the mean cross-entropy in nats per token at the best evaluation; "
+        "perplexity = exp(loss); bits per character = total bits / characters of the validation "
+        "text (comparable across tokenizers). Training tokens/s excludes evaluation time. "
+        f"Generation tokens/s: {gen_tokens} new tokens at batch 1 (prompt prefill included, after "
+        "a warm-up), sampling with each preset's settings. Peak memory: the RSS high-water mark "
+        "of the process that trained the model (each model in a fresh process); in parentheses, "
+        "its growth over the RSS just before training (Python, PyTorch and the data). n/a: not "
+        "measured (in-process runs)."
+    )
+    report.heading("Validation loss")
+    if curves_png is not None:
+        report.image(curves_png, "validation loss against training tokens (left) and time (right)")
+    elif not matplotlib_available():
+        report.paragraph(MATPLOTLIB_HINT + ".")
+    else:
+        report.paragraph("No evaluation was logged, so there is no curve to draw.")
+    report.heading("Runs")
+    report.table(DETAILS_COLUMNS, details_rows(c), numeric=False)
+    report.heading("Samples")
+    prompt = repr(c.prompt) if c.prompt else "an empty prompt (a fresh start)"
+    report.paragraph(f"Each model continues {prompt} with seed {c.seed}.")
+    for run in c.runs:
+        report.heading(run.name, level=3)
+        report.code(run.sample)
+    return report
+
+
+def write_comparison_report(
+    comparison: Comparison, out_dir: str | os.PathLike[str]
+) -> tuple[Path, Path]:
+    """Draw the curves and write ``out_dir/report.md`` and ``out_dir/report.html``."""
+    out = Path(out_dir)
+    curves = plot_validation_curves(
+        {
+            run.name: Path(run.run_dir) / "metrics.jsonl"
+            for run in comparison.runs
+            if (Path(run.run_dir) / "metrics.jsonl").is_file()
+        },
+        out / CURVES_FILE,
+        title=f"{comparison.tokenizer}-level models, {comparison.budget}",
+    )
+    return comparison_report(comparison, curves).write(out, "report")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _memory(run: ModelRun) -> str:
+    if run.peak_rss_mib is None:
+        return "n/a"
+    if run.base_rss_mib is None:
+        return f"{run.peak_rss_mib:,.0f}"
+    return f"{run.peak_rss_mib:,.0f} (+{max(run.peak_rss_mib - run.base_rss_mib, 0):,.0f})"
+
+
+__all__ = [
+    "DETAILS_COLUMNS",
+    "comparison_report",
+    "details_rows",
+    "results_rows",
+    "write_comparison_report",
+]
