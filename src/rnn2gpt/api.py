@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from .config import DEFAULT_PRESET, GenerationConfig, RunConfig, load_preset, parse_duration
-from .errors import ConfigError, TokenizerError
+from .errors import ConfigError
+from .models.base import use_inference_layout
+from .tokenizers.base import encode_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +71,8 @@ class TextGenerator:
         return config
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of ``prompt``; an empty prompt starts from the tokenizer's start token.
-
-        Tokenizers without a start token (char) start from a newline when the vocabulary has one,
-        as a fresh paragraph, else from id 0.
-        """
-        if prompt:
-            return self.tokenizer.encode(prompt)
-        for special in (self.tokenizer.bos_id, self.tokenizer.eos_id):
-            if special is not None:
-                return [special]
-        try:
-            return self.tokenizer.encode("\n")[-1:]
-        except TokenizerError:
-            return [0]
+        """Token ids of ``prompt`` (see :func:`rnn2gpt.tokenizers.base.encode_prompt`)."""
+        return encode_prompt(self.tokenizer, prompt)
 
     # ------------------------------------------------------------------ decoding
 
@@ -144,6 +134,7 @@ def load(directory: str | Path, *, dtype: str = "fp32", device: str = "cpu") -> 
         raise ConfigError(f"dtype must be one of fp32, bf16 (got {dtype!r})")
     checkpoint = load_checkpoint(resolve_checkpoint_dir(directory), map_location=device)
     checkpoint.model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    use_inference_layout(checkpoint.model)
     return TextGenerator(checkpoint)
 
 

@@ -38,8 +38,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         max_time=args.max_time,
         seed=args.seed,
-        overrides=tuple(args.set or ()),
+        overrides=_seq2seq_train_overrides(args) + tuple(args.set or ()),
     )
+    if args.task and args.task != "lm" and not args.out and not args.resume:
+        args.out = str(Path("runs") / (args.preset or args.task))
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise Rnn2GptError("give either --resume DIR or --out DIR, not two different folders")
     out = args.resume or args.out
@@ -59,6 +61,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _print_train_summary(result)
     return EXIT_INTERRUPTED if getattr(result, "interrupted", False) else 0
+
+
+def _seq2seq_train_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--task/--source/--target/--val-source/--val-target`` as ``section.key=value`` settings
+    (given before ``--set``, which may override them)."""
+    values = []
+    task = getattr(args, "task", None)
+    if task:
+        values.append(f"train.task={task}")
+        if task != "lm" and not args.preset and not args.resume and args.model is None:
+            # No preset: an encoder-decoder of the default shape over a joint BPE vocabulary.
+            values += ["model.arch=transformer", "model.n_head=4"]
+            if args.tokenizer is None:
+                values += ["tokenizer.kind=bpe", "tokenizer.vocab_size=8000"]
+    for option, key in (
+        ("source", "source_path"),
+        ("target", "target_path"),
+        ("val_source", "val_source_path"),
+        ("val_target", "val_target_path"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            values.append(f"data.{key}={value}")
+    return tuple(values)
 
 
 def _print_train_summary(result) -> None:
@@ -198,6 +224,10 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if getattr(args, "task", None):
+        return cmd_eval_seq2seq(args)
+    if not args.data:
+        raise Rnn2GptError("give the text to evaluate with --data FILE")
     from .api import load
     from .data import encode_cached, read_text
     from .evaluation import evaluate_lm
@@ -225,6 +255,96 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_seq2seq(args: argparse.Namespace) -> int:
+    """``eval DIR --task translation|summarization --source F [--target F]``: BLEU or ROUGE."""
+    from .tasks import evaluate_seq2seq, load_seq2seq
+
+    if not args.source:
+        raise Rnn2GptError("give the sources with --source FILE (and references with --target)")
+    runner = load_seq2seq(args.checkpoint)
+    sources, references = _read_seq2seq_pairs(args, runner)
+    if args.max_examples:
+        sources, references = sources[: args.max_examples], references[: args.max_examples]
+    result = evaluate_seq2seq(
+        runner,
+        sources,
+        references,
+        task=args.task,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+    )
+    hypotheses = result.pop("hypotheses")
+    if args.output:
+        Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for key, value in result.items():
+            print(f"{key:>10}  {value:.2f}" if isinstance(value, float) else f"{key:>10}  {value}")
+    return 0
+
+
+def _read_seq2seq_pairs(args: argparse.Namespace, runner) -> tuple[list[str], list]:
+    """Sources and references: line-aligned --source/--target, or one JSON Lines --source."""
+    from .data.parallel import read_jsonl_pairs, read_line_pairs
+
+    name = str(args.source)
+    if args.target:
+        split = read_line_pairs(args.source, args.target)
+        return split.sources, split.targets
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        data = getattr(runner, "data_config", None)
+        source_field = args.source_field or (data.source_field if data else "") or "source"
+        target_field = args.target_field or (data.target_field if data else "") or "target"
+        split = read_jsonl_pairs(args.source, source_field, target_field)
+        return split.sources, split.references
+    raise Rnn2GptError("give the references with --target FILE (or a .jsonl --source)")
+
+
+def _read_input_lines(path: str | None):
+    """Lines of --input FILE, or of stdin one at a time (so pipes stream)."""
+    if path:
+        from .data.parallel import read_lines
+
+        yield from read_lines(path)
+        return
+    for line in sys.stdin:
+        yield line.rstrip("\n")
+
+
+def _run_seq2seq_lines(args: argparse.Namespace, default_beams: int) -> int:
+    from .tasks import load_seq2seq, plot_cross_attention
+
+    runner = load_seq2seq(args.checkpoint)
+    beams = args.num_beams if args.num_beams is not None else default_beams
+    first = None
+    lines = _read_input_lines(args.input)
+    if args.input:
+        lines = list(lines)
+        outputs = runner.run(lines, num_beams=beams, max_new_tokens=args.max_new_tokens)
+        for out in outputs:
+            print(out)
+        first = (lines[0], outputs[0]) if lines else None
+    else:
+        for line in lines:
+            out = runner.run([line], num_beams=beams, max_new_tokens=args.max_new_tokens)[0]
+            print(out, flush=True)
+            first = first or (line, out)
+    if args.plot_attention and first is not None:
+        png = plot_cross_attention(runner, first[0], args.plot_attention, output=first[1])
+        if png is not None:
+            print(f"attention plot: {png}", file=sys.stderr)
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    return _run_seq2seq_lines(args, default_beams=5)
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    return _run_seq2seq_lines(args, default_beams=4)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .api import resolve_checkpoint_dir
     from .training.checkpoint import load_checkpoint
@@ -245,7 +365,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"LoRA rank {train.lora_rank}, alpha {train.lora_alpha:g} (base + adapter)"
         )
     if ckpt.trainer_state:
-        for key in ("step", "tokens", "best_val_loss"):
+        for key in ("step", "tokens", "best_val_loss", "trainable_parameters"):
             if key in ckpt.trainer_state:
                 info[key] = ckpt.trainer_state[key]
     if args.json:
@@ -456,7 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training text: a file, a .gz file or a directory")
     p.add_argument("--val-data", help="separate validation file (default: last 10%% of --data)")
     p.add_argument("--data-dir", help="folder the preset's relative data paths are read from")
-    p.add_argument("--model", choices=["rnn", "lstm", "gru", "gpt"], help="architecture")
+    p.add_argument(
+        "--model",
+        choices=["rnn", "lstm", "gru", "gpt", "seq2seq-rnn", "transformer"],
+        help="architecture",
+    )
     p.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="tokenizer kind")
     p.add_argument("--out", help="output folder (default runs/PRESET)")
     budget = p.add_mutually_exclusive_group()
@@ -481,6 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set train.lr=3e-4 --set model.n_layer=6",
     )
+    p.add_argument(
+        "--task",
+        choices=["lm", "translation", "summarization"],
+        help="what to train (default: the preset's; lm = language model)",
+    )
+    p.add_argument("--source", help="seq2seq: training sources, one per line (plain or .gz)")
+    p.add_argument("--target", help="seq2seq: training targets, line-aligned with --source")
+    p.add_argument("--val-source", help="seq2seq: validation sources")
+    p.add_argument("--val-target", help="seq2seq: validation targets")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -583,12 +716,48 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint on any text file.",
     )
     p.add_argument("checkpoint", metavar="DIR")
-    p.add_argument("--data", required=True, help="text file, .gz or directory")
+    p.add_argument("--data", help="text file, .gz or directory (language models)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int)
     p.add_argument("--max-batches", type=int, default=0, help="0 = the whole text")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--task",
+        choices=["translation", "summarization"],
+        help="score an encoder-decoder: BLEU (translation) or ROUGE (summarization)",
+    )
+    p.add_argument("--source", help="seq2seq: sources (lines, or a .jsonl file with fields)")
+    p.add_argument("--target", help="seq2seq: references, line-aligned with --source")
+    p.add_argument("--source-field", help="JSON Lines source field (default: source)")
+    p.add_argument("--target-field", help="JSON Lines reference field (default: target)")
+    p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beams (1 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, help="seq2seq: longest output")
+    p.add_argument("--max-examples", type=int, default=0, help="seq2seq: 0 = all pairs")
+    p.add_argument("--output", help="seq2seq: write the decoded outputs to this file")
     p.set_defaults(func=cmd_eval)
+
+    for name, what, beams in (
+        ("translate", "Translate", 5),
+        ("summarize", "Summarize", 4),
+    ):
+        p = sub.add_parser(
+            name,
+            help=f"{what.lower()} lines of text with an encoder-decoder checkpoint",
+            description=f"{what} each input line (stdin or --input) with an encoder-decoder "
+            "checkpoint; one output line per input line.",
+        )
+        p.add_argument("checkpoint", metavar="DIR")
+        p.add_argument("--input", help="file of input lines (default: stdin, line by line)")
+        p.add_argument(
+            "--num-beams", type=int, help=f"beam search width (default {beams}; 1 = greedy)"
+        )
+        p.add_argument("--max-new-tokens", type=int, help="longest output in tokens")
+        p.add_argument(
+            "--plot-attention",
+            metavar="PNG",
+            help="write the cross-attention heatmap of the first line to this PNG",
+        )
+        p.set_defaults(func=cmd_translate if name == "translate" else cmd_summarize)
 
     p = sub.add_parser("info", help="describe a checkpoint", description="Describe a checkpoint.")
     p.add_argument("checkpoint", metavar="DIR")

@@ -29,6 +29,10 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "shakespeare-char-gpt"
 
 ARCHITECTURES = ("rnn", "lstm", "gru", "gpt")
+# Encoder-decoder models (translation, summarization); kept apart from the language models above,
+# which the architecture comparison iterates over.
+SEQ2SEQ_ARCHITECTURES = ("seq2seq-rnn", "transformer")
+TASKS = ("lm", "translation", "summarization")
 TOKENIZER_KINDS = ("char", "word", "bpe")
 
 
@@ -55,6 +59,11 @@ class ModelConfig:
     activation: str = "gelu"  # GPT MLP: gelu | gelu_tanh (GPT-2)
     layer_norm_eps: float = 1e-5
     mlp_ratio: int = 4  # GPT MLP hidden width = mlp_ratio * n_embd
+    # Encoder-decoder models (arch seq2seq-rnn | transformer); n_layer is the decoder's depth.
+    enc_layers: int = 0  # encoder layers; 0 = n_layer
+    rnn_type: str = "gru"  # seq2seq-rnn: gru | lstm
+    bidirectional: bool = True  # seq2seq-rnn encoder
+    attention: str = "bahdanau"  # seq2seq-rnn: bahdanau (additive) | luong (general)
 
     @property
     def hidden_size(self) -> int:
@@ -62,7 +71,13 @@ class ModelConfig:
         return self.n_hidden or self.n_embd
 
     def validate(self) -> None:
-        _check_choice("model.arch", self.arch, ARCHITECTURES)
+        _check_choice("model.arch", self.arch, ARCHITECTURES + SEQ2SEQ_ARCHITECTURES)
+        _check_choice("model.rnn_type", self.rnn_type, ("gru", "lstm"))
+        _check_choice("model.attention", self.attention, ("bahdanau", "luong"))
+        if self.enc_layers < 0:
+            raise ConfigError(
+                f"model.enc_layers must be 0 (= n_layer) or more (got {self.enc_layers})"
+            )
         _check_choice("model.nonlinearity", self.nonlinearity, ("tanh", "relu"))
         _check_choice("model.cell", self.cell, ("fused", "explicit"))
         _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
@@ -77,7 +92,7 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1) (got {getattr(self, name)})")
-        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+        if self.arch in ("gpt", "transformer") and self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
@@ -114,6 +129,18 @@ class DataConfig:
     data_dir: str = ""  # relative paths above are read from this folder (presets use it)
     val_fraction: float = 0.1
     cache_dir: str = ""  # where tokenized ids are cached; "" = ~/.cache/rnn2gpt
+    # Sequence-to-sequence tasks: line-aligned source/target files (plain or .gz), or, when
+    # source_field is set, JSON Lines files in path / val_path / test_path with named fields.
+    source_path: str = ""
+    target_path: str = ""
+    val_source_path: str = ""
+    val_target_path: str = ""
+    test_source_path: str = ""
+    test_target_path: str = ""
+    source_field: str = ""  # JSONL: a string, or a list of sentences joined with spaces
+    target_field: str = ""  # JSONL: a string, or a list (first one trains, all are references)
+    max_source_len: int = 0  # training pairs with longer sources (tokens) are dropped; 0 = keep
+    max_target_len: int = 0  # same for targets
 
     def validate(self) -> None:
         if not self.val_path and not 0.0 < self.val_fraction < 1.0:
@@ -153,9 +180,25 @@ class TrainConfig:
     lora_alpha: float = 16.0  # the adapter update is scaled by lora_alpha / lora_rank
     lora_targets: str = ""  # comma-separated module-name suffixes; "" = the model's defaults
     lora_dropout: float = 0.0  # dropout on the adapters' input
+    # Task: lm (language modelling) | translation | summarization (encoder-decoder models).
+    task: str = "lm"
+    label_smoothing: float = 0.0  # seq2seq cross-entropy label smoothing
+    early_stop_metric: str = "val_loss"  # val_loss | bleu | rouge1 | rouge2 | rougeL
+    metric_samples: int = 200  # validation pairs decoded for BLEU/ROUGE at each evaluation
+    metric_beams: int = 1  # beams used for those decodes
 
     def validate(self) -> None:
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("train.task", self.task, TASKS)
+        _check_choice(
+            "train.early_stop_metric",
+            self.early_stop_metric,
+            ("val_loss", "bleu", "rouge1", "rouge2", "rougeL"),
+        )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"train.label_smoothing must be in [0, 1) (got {self.label_smoothing})"
+            )
         _check_choice("train.schedule", self.schedule, ("cosine", "constant"))
         _check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
         for name in ("batch_size", "seq_len", "grad_accum", "eval_interval", "log_interval"):
@@ -265,6 +308,14 @@ class RunConfig:
             raise ConfigError(
                 f"train.seq_len ({self.train.seq_len}) cannot exceed model.block_size "
                 f"({self.model.block_size}) for a GPT"
+            )
+        seq2seq_arch = self.model.arch in SEQ2SEQ_ARCHITECTURES
+        if seq2seq_arch != (self.train.task != "lm"):
+            raise ConfigError(
+                f"model.arch={self.model.arch!r} does not fit train.task={self.train.task!r}: "
+                f"translation and summarization need an encoder-decoder "
+                f"({' or '.join(SEQ2SEQ_ARCHITECTURES)}), language modelling one of "
+                f"{', '.join(ARCHITECTURES)}"
             )
         return self
 
@@ -488,6 +539,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 __all__ = [
     "ARCHITECTURES",
+    "SEQ2SEQ_ARCHITECTURES",
+    "TASKS",
     "DEFAULT_PRESET",
     "DataConfig",
     "GenerationConfig",

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+from ..tokenizers.base import encode_prompt
 from .attention import attention_maps, plot_attention
-from .common import prompt_ids, token_pieces
+from .common import token_pieces
 from .gates import gate_activations, gate_summary, plot_gates
 from .gradient_flow import GradientFlow, gradient_flow
 from .plots import MATPLOTLIB_HINT, matplotlib_available, plot_gradient_flow
@@ -282,7 +283,7 @@ def _diversity_section(
     )
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     (gens,) = generate(
-        model, [prompt_ids(tokenizer, prompt)], config, tokenizer=tokenizer, pad_id=pad
+        model, [encode_prompt(tokenizer, prompt)], config, tokenizer=tokenizer, pad_id=pad
     )
     samples = [g.text for g in gens]
     metrics = diversity_metrics(

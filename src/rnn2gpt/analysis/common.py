@@ -8,27 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import TokenizerError
 from ..tokenizers.base import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of ``prompt``; an empty prompt starts from the tokenizer's start token.
-
-    Tokenizers without one (char) start from a newline when the vocabulary has it, as a fresh
-    paragraph, else from id 0 (the same rule as :meth:`rnn2gpt.api.TextGenerator.encode_prompt`).
-    """
-    if prompt:
-        return tokenizer.encode(prompt)
-    for special in (tokenizer.bos_id, tokenizer.eos_id):
-        if special is not None:
-            return [special]
-    try:
-        return tokenizer.encode("\n")[-1:] or [0]
-    except TokenizerError:
-        return [0]
 
 
 def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
@@ -81,4 +63,4 @@ def record_internals(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.
     return recorded
 
 
-__all__ = ["model_device", "prompt_ids", "record_internals", "token_pieces"]
+__all__ = ["model_device", "record_internals", "token_pieces"]

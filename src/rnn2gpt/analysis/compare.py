@@ -469,12 +469,12 @@ def _time_generation(
 ) -> tuple[float, int, str]:
     """(seconds, new tokens, prompt + sample) for ``gen_tokens`` tokens at batch 1."""
     from ..generation import generate
+    from ..tokenizers.base import encode_prompt
     from ..training import load_checkpoint
-    from .common import prompt_ids
 
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
-    ids = prompt_ids(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt)
     config = replace(
         ckpt.config.generate,
         max_new_tokens=gen_tokens,

@@ -1,7 +1,8 @@
 """Language models behind one contract (see :mod:`rnn2gpt.models.base`).
 
 ``build_model(config)`` builds any architecture by ``config.arch``: ``rnn``, ``lstm``, ``gru``
-(:class:`RecurrentLM`) or ``gpt`` (:class:`GPT`).
+(:class:`RecurrentLM`) or ``gpt`` (:class:`GPT`); encoder-decoders ``seq2seq-rnn``
+(:class:`RNNSeq2Seq`) and ``transformer`` (:class:`TransformerSeq2Seq`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from .cells import ExplicitRecurrent, GRUCell, LSTMCell, RNNCell
 from .gpt import GPT
 from .kv_cache import KVCache
 from .rnn import RecurrentLM, RNNState
+from .seq2seq import BoundDecoder, RNNSeq2Seq, Seq2SeqModel, Seq2SeqState, TransformerSeq2Seq
 
 __all__ = [
+    "BoundDecoder",
+    "RNNSeq2Seq",
+    "Seq2SeqModel",
+    "Seq2SeqState",
+    "TransformerSeq2Seq",
     "GPT",
     "ExplicitRecurrent",
     "GRUCell",

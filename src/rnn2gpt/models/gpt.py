@@ -77,7 +77,9 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3C) -> 3 x (B, n_head, T, head_dim), made contiguous in one copy: PyTorch's CPU
         # attention kernels run about 1.5x faster (forward + backward) on contiguous inputs.
         qkv = self.c_attn(x).view(batch, steps, 3, self.n_head, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        # A single decode step gains nothing from the copy (the cache copies k, v anyway).
+        q, k, v = (qkv if steps == 1 else qkv.contiguous()).unbind(0)
         k, v = cache.append(layer, k, v)  # (B, n_head, S, head_dim), S = past + T
         dropout_p = self.dropout if self.training else 0.0
 
@@ -94,7 +96,7 @@ class CausalSelfAttention(nn.Module):
             recorder(f"layer{layer}.attention", weights.detach())
             y = F.dropout(weights, dropout_p, self.training) @ v
 
-        y = y.transpose(1, 2).contiguous().view(batch, steps, width)  # re-assemble the heads
+        y = y.transpose(1, 2).reshape(batch, steps, width)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -57,3 +57,22 @@ class Tokenizer(Protocol):
     def save(self, directory: str | Path) -> None: ...
 
     def fingerprint(self) -> str: ...
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Token ids of ``prompt``; an empty prompt starts from the tokenizer's start token.
+
+    Tokenizers without one (char) start from a newline when the vocabulary has it, as a fresh
+    paragraph, else from id 0. Used by the Python API and the analysis tools alike.
+    """
+    from ..errors import TokenizerError
+
+    if prompt:
+        return tokenizer.encode(prompt)
+    for special in (tokenizer.bos_id, tokenizer.eos_id):
+        if special is not None:
+            return [special]
+    try:
+        return tokenizer.encode("\n")[-1:] or [0]
+    except TokenizerError:
+        return [0]

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TokenizerError, TrainingError
+from ..models.base import count_parameters
 from ..models.lora import apply_lora, has_lora, load_lora_adapter, merge_lora
 from .checkpoint import (
     Checkpoint,
@@ -66,6 +67,7 @@ from .distributed import (
 )
 from .optim import build_optimizer, lr_at, progress_fraction, set_lr
 from .precision import autocast, resolve_precision
+from .tasks import Seq2SeqTask, better, is_seq2seq_task
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +179,7 @@ class _Progress:
     evals_without_improvement: int = 0
     last_eval_step: int = -1
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    best_metric: float | None = None  # train.early_stop_metric's best value (BLEU/ROUGE runs)
 
 
 class _Run:
@@ -192,6 +195,7 @@ class _Run:
         overwrite: bool = False,
     ) -> None:
         from ..data import StreamBatches, WindowBatches, eval_batches, load_corpus
+        from ..data.parallel import load_parallel
         from ..models import build_model
 
         config.validate()
@@ -230,7 +234,11 @@ class _Run:
             config = _finetune_config(config, source.config)
             logger.info("fine-tuning from %s", init_from)
 
-        corpus = load_corpus(config.data)
+        self.task: Seq2SeqTask | None = None
+        if is_seq2seq_task(config):
+            corpus: Any = load_parallel(config.data)
+        else:
+            corpus = load_corpus(config.data)
         logger.info("data: %s", corpus.description)
         self.tokenizer = (
             source.tokenizer if source is not None else self._train_tokenizer(corpus, config)
@@ -238,31 +246,24 @@ class _Run:
         model_config = replace(config.model, vocab_size=self.tokenizer.vocab_size)
         config = replace(config, model=model_config).validate()
         self.config = config
-
-        # Token ids: rank 0 fills the cache first, so ranks never race to write it. A fine-tune
-        # encodes the new text with the source's tokenizer, which may not know all of it.
-        finetuning = source is not None and resumed is None
-        train_text = (
-            corpus.train_text,
-            f"the training text ({config.data.path or 'the bundled corpus'})",
-        )
-        if ctx.is_main:
-            self.train_ids = self._encode(*train_text, finetuning)
-        barrier(ctx)
-        if not ctx.is_main:
-            self.train_ids = self._encode(*train_text, finetuning)
-        self.val_ids = self._encode(corpus.val_text, "the validation text", finetuning)
-        self.chars_per_token = len(corpus.val_text) / max(len(self.val_ids), 1)
-        self.test_text = _test_text(corpus, config)
-        if self.test_text is not None:  # encoded now so that a bad test text fails early
-            self._encode(self.test_text, "the test text", finetuning)
+        if is_seq2seq_task(config):
+            # Pairs, loss and metrics come from the task; the loop below is the same.
+            self.task = Seq2SeqTask(
+                config, self.tokenizer, corpus, rank=ctx.rank, world_size=ctx.world_size
+            )
+            self.train_ids = self.val_ids = np.zeros(0, dtype=np.int64)
+            self.chars_per_token = None
+            self.test_text = None
+        else:
+            self._setup_lm_text(corpus, config, source, resumed)
 
         torch.manual_seed(tc.seed)
         model = build_model(model_config)
         self.stateful = bool(getattr(model, "carries_state", False))
-        # Fail now, not at the first evaluation, when the validation text cannot fill a batch.
-        name = "the validation text"
-        next(eval_batches(self.val_ids, tc.batch_size, tc.seq_len, 1, self.stateful, name=name))
+        if self.task is None:
+            # Fail now, not at the first evaluation, when the validation text cannot fill a batch.
+            name = "the validation text"
+            next(eval_batches(self.val_ids, tc.batch_size, tc.seq_len, 1, self.stateful, name=name))
         self.lora_layers = self._load_source(model, source, resumed)
         if ctx.enabled:
             torch.manual_seed(tc.seed + ctx.rank)  # same initial weights, different dropout masks
@@ -285,8 +286,21 @@ class _Run:
         self.forward_model = forward_model
 
         common = {"rank": ctx.rank, "world_size": ctx.world_size}
+        if self.task is not None:
+            self.batches: Any = self.task.batches
+            logger.info(
+                "model: %s, %s parameters on %s; %s training pairs (%s target tokens), "
+                "%d pairs per step",
+                model_config.arch,
+                f"{model.num_parameters():,}",
+                self.device,
+                f"{len(self.task.train_sources):,}",
+                f"{self.task.train_tokens:,}",
+                self.batches.batch_size * tc.grad_accum * ctx.world_size,
+            )
+            return
         if self.stateful:
-            self.batches: Any = StreamBatches(self.train_ids, tc.batch_size, tc.seq_len, **common)
+            self.batches = StreamBatches(self.train_ids, tc.batch_size, tc.seq_len, **common)
         else:
             self.batches = WindowBatches(
                 self.train_ids, tc.batch_size, tc.seq_len, tc.seed, **common
@@ -300,6 +314,29 @@ class _Run:
             tc.batch_size * tc.seq_len * tc.grad_accum * ctx.world_size,
             f", {len(self.batches)} batches per pass" if self.stateful else "",
         )
+
+    def _setup_lm_text(
+        self, corpus: Any, config: RunConfig, source: Checkpoint | None, resumed: Checkpoint | None
+    ) -> None:
+        """Language modelling: token ids of the training, validation and test text."""
+        ctx = self.ctx
+        # Token ids: rank 0 fills the cache first, so ranks never race to write it. A fine-tune
+        # encodes the new text with the source's tokenizer, which may not know all of it.
+        finetuning = source is not None and resumed is None
+        train_text = (
+            corpus.train_text,
+            f"the training text ({config.data.path or 'the bundled corpus'})",
+        )
+        if ctx.is_main:
+            self.train_ids = self._encode(*train_text, finetuning)
+        barrier(ctx)
+        if not ctx.is_main:
+            self.train_ids = self._encode(*train_text, finetuning)
+        self.val_ids = self._encode(corpus.val_text, "the validation text", finetuning)
+        self.chars_per_token = len(corpus.val_text) / max(len(self.val_ids), 1)
+        self.test_text = _test_text(corpus, config)
+        if self.test_text is not None:  # encoded now so that a bad test text fails early
+            self._encode(self.test_text, "the test text", finetuning)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -509,6 +546,11 @@ class _Run:
         tokens = 0
         first = self.progress.step * accum
         for micro in range(accum):
+            if self.task is not None:
+                loss, count = self._task_micro_step(model, first + micro, micro == accum - 1)
+                total = loss if total is None else total + loss
+                tokens += count
+                continue
             batch = self.batches.get(first + micro)
             x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             state = None
@@ -531,6 +573,20 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self._step_tokens = tokens * self.ctx.world_size
         return total / accum if accum > 1 else total
+
+    def _task_micro_step(
+        self, model: nn.Module, index: int, last: bool
+    ) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one micro-batch of a task; (detached loss, target tokens)."""
+        assert self.task is not None
+        accum = self.config.train.grad_accum
+        batch = self.batches.get(index).to(self.device)
+        sync = last or not self.ctx.enabled
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(self.device, self.dtype):
+                loss, count = self.task.loss(model, batch)
+            (loss / accum if accum > 1 else loss).backward()
+        return loss.detach(), count
 
     # ------------------------------------------------------------------ logging and checks
 
@@ -646,19 +702,37 @@ class _Run:
         from ..evaluation import lm_metrics
 
         self._check_losses()  # never evaluate, let alone save, a model that already diverged
-        metrics = self._evaluate(self.val_ids, tc.eval_batches, self.chars_per_token)
+        if self.task is not None:
+            metrics = self.task.evaluate(self.model, max_batches=tc.eval_batches, dtype=self.dtype)
+        else:
+            metrics = self._evaluate(self.val_ids, tc.eval_batches, self.chars_per_token)
         val_loss = mean_over_ranks(metrics["loss"], self.ctx)
         if not math.isfinite(val_loss):
             self._raise_non_finite(p.step, val_loss)
         metrics = lm_metrics(val_loss, metrics["tokens"], self.chars_per_token)
-        improved = p.best_val_loss is None or val_loss < p.best_val_loss
+        task_metrics: dict[str, Any] = {}
+        if self.task is not None and tc.early_stop_metric != "val_loss":
+            # BLEU/ROUGE of decoded validation pairs (rank 0 decodes; others wait).
+            task_metrics = self.task.decode_metrics(self.model) if self.ctx.is_main else {}
+        if tc.early_stop_metric != "val_loss" and self.task is not None:
+            value = mean_over_ranks(float(task_metrics.get(tc.early_stop_metric, 0.0)), self.ctx)
+            improved = better(tc.early_stop_metric, value, p.best_metric)
+            if improved:
+                p.best_metric = value
+            if p.best_val_loss is None or val_loss < p.best_val_loss:
+                p.best_val_loss = val_loss
+        else:
+            improved = p.best_val_loss is None or val_loss < p.best_val_loss
+            if improved:
+                p.best_val_loss = val_loss
         if improved:
-            p.best_val_loss, p.best_step = val_loss, p.step
+            p.best_step = p.step
             p.evals_without_improvement = 0
         else:
             p.evals_without_improvement += 1
         p.last_eval_step = p.step
         p.last_metrics.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"})
+        p.last_metrics.update({f"val_{k}": v for k, v in task_metrics.items()})
         if improved:
             self._save(BEST)
         self._save(LAST)
@@ -670,6 +744,7 @@ class _Run:
             val_bits_per_token=metrics["bits_per_token"],
             val_bits_per_char=metrics["bits_per_char"],
             best=improved,
+            **{f"val_{k}": v for k, v in task_metrics.items()},
         )
         logger.info(
             "step %d: val loss %.4f, perplexity %.2f, %.3f bits/char%s",
@@ -693,6 +768,9 @@ class _Run:
         """Score the best checkpoint on the test text, when the run has one."""
         from ..data import encode_cached
 
+        if self.task is not None:
+            self._test_task(metrics_file)
+            return
         if self.test_text is None:
             return
         best = self.out_dir / BEST
@@ -700,6 +778,21 @@ class _Run:
             load_weights(self.model, best, self.device)  # base weights, then any adapters
         ids = encode_cached(self.test_text, self.tokenizer, self.config.data.cache_dir)
         metrics = self._evaluate(ids, 0, len(self.test_text) / max(len(ids), 1))
+        self.progress.last_metrics.update(
+            {f"test_{k}": v for k, v in metrics.items() if k != "tokens"}
+        )
+        self._event(metrics_file, "test", **{f"test_{k}": v for k, v in metrics.items()})
+        logger.info("test loss %.4f, perplexity %.2f", metrics["loss"], metrics["perplexity"])
+
+    def _test_task(self, metrics_file: TextIO | None) -> None:
+        """Loss and perplexity of the best checkpoint on the task's test pairs, when given."""
+        assert self.task is not None
+        if self.task.test is None:
+            return
+        best = self.out_dir / BEST
+        if (best / "model.safetensors").is_file() and self.progress.best_step != self.progress.step:
+            load_weights(self.model, best, self.device)
+        metrics = self.task.evaluate(self.model, "test", dtype=self.dtype)
         self.progress.last_metrics.update(
             {f"test_{k}": v for k, v in metrics.items() if k != "tokens"}
         )
@@ -727,6 +820,7 @@ class _Run:
             "step": self.progress.step,
             "tokens": self.progress.tokens,
             "best_val_loss": self.progress.best_val_loss,
+            "trainable_parameters": count_parameters(self.model, trainable_only=True),
         }
         if self.lora_layers:
             tc = self.config.train
