@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         args.preset, out=out, resume=bool(args.resume), config=config, overwrite=args.overwrite
     )
-    _print_train_summary(result)
+    _print_train_summary(result, config.train.task)
     return EXIT_INTERRUPTED if getattr(result, "interrupted", False) else 0
 
 
@@ -87,7 +87,10 @@ def _seq2seq_train_overrides(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _print_train_summary(result) -> None:
+_TASK_COMMANDS = {"lm": "generate", "translation": "translate", "summarization": "summarize"}
+
+
+def _print_train_summary(result, task: str = "lm") -> None:
     out_dir = Path(result.out_dir)
     metrics = result.final_metrics or {}
     lines = [
@@ -104,7 +107,8 @@ def _print_train_summary(result) -> None:
             f"interrupted: saved {out_dir / 'last'}; continue with "
             f"`rnn2gpt train --resume {out_dir}`"
         )
-    lines.append(f"checkpoints in {out_dir}; try `rnn2gpt generate {out_dir}`")
+    command = _TASK_COMMANDS.get(task, "generate")
+    lines.append(f"checkpoints in {out_dir}; try `rnn2gpt {command} {out_dir}`")
     print("\n".join(lines))
 
 

@@ -132,8 +132,9 @@ class Seq2SeqModel(nn.Module):
         self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
     ) -> Seq2SeqState:
         raise ConfigError(
-            "an encoder-decoder model needs a source to decode from: call "
-            "model.bind(source_tokens) and decode the returned decoder, or model.encode(source)"
+            "an encoder-decoder model needs a source to decode from: on the command line use "
+            "`rnn2gpt translate DIR` or `rnn2gpt summarize DIR`; in Python call "
+            "model.bind(source_tokens) and decode the returned decoder"
         )
 
     def bind(self, source: Tensor, source_mask: Tensor | None = None) -> BoundDecoder:
