@@ -78,11 +78,18 @@ def test_recorder_reports_cross_attention_that_ignores_padding(name):
 @pytest.fixture(scope="module")
 def trained():
     """Each architecture trained on the copy task (shared by the learning and decoding tests)."""
-    models = {}
-    for name in NAMES:
-        model = tiny_model(name)
-        train_pairs(model, "copy", 300)
-        models[name] = model
+    # Module-scoped fixtures run before the suite's per-test one-thread setting: pin it here too,
+    # so the result does not depend on the machine's default thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = {}
+        for name in NAMES:
+            model = tiny_model(name)
+            train_pairs(model, "copy", 300)
+            models[name] = model
+    finally:
+        torch.set_num_threads(threads)
     return models
 
 
