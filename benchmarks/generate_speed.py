@@ -107,11 +107,12 @@ def bench_gpt(repeats: int) -> list[dict]:
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         hf = to_hf(model)
-        use_inference_layout(model)  # what rnn2gpt.load() does for fp32 CPU models
+        use_inference_layout(model)  # what rnn2gpt.load() does: column-major + packed weights
         params = model.num_parameters()
         model_bf16 = build_model(cfg).eval()
         model_bf16.load_state_dict(model.state_dict())
         model_bf16.to(torch.bfloat16)
+        use_inference_layout(model_bf16)  # what rnn2gpt.load(dtype="bf16") does
         for batch in (1, 8):
             g = torch.Generator().manual_seed(batch)
             prompt = torch.randint(0, cfg.vocab_size, (batch, PROMPT_LEN), generator=g)

@@ -64,9 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _seq2seq_train_overrides(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--task/--source/--target/--val-source/--val-target`` as ``section.key=value`` settings
-    (given before ``--set``, which may override them)."""
+    """``--task/--source/--target/--val-source/--val-target/--separate-tokenizers`` as
+    ``section.key=value`` settings (given before ``--set``, which may override them)."""
     values = []
+    if getattr(args, "separate_tokenizers", False):
+        values.append("tokenizer.separate=true")
     task = getattr(args, "task", None)
     if task:
         values.append(f"train.task={task}")
@@ -363,6 +365,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "tokenizer": f"{ckpt.tokenizer.kind} ({ckpt.tokenizer.vocab_size} tokens)",
         "context": model.max_context if model.max_context is not None else "unbounded (recurrent)",
     }
+    if ckpt.separate_tokenizers:
+        source = ckpt.source_tokenizer
+        info["tokenizer"] += " for targets"
+        info["src tokenizer"] = f"{source.kind} ({source.vocab_size} tokens)"
     if ckpt.has_adapter:
         train = ckpt.config.train
         info["adapter"] = (
@@ -618,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="seq2seq: training targets, line-aligned with --source")
     p.add_argument("--val-source", help="seq2seq: validation sources")
     p.add_argument("--val-target", help="seq2seq: validation targets")
+    p.add_argument(
+        "--separate-tokenizers",
+        action="store_true",
+        help="seq2seq: train one tokenizer on the sources and another on the targets instead of "
+        "one joint tokenizer (tokenizer.separate=true)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -64,6 +64,9 @@ class ModelConfig:
     rnn_type: str = "gru"  # seq2seq-rnn: gru | lstm
     bidirectional: bool = True  # seq2seq-rnn encoder
     attention: str = "bahdanau"  # seq2seq-rnn: bahdanau (additive) | luong (general)
+    # Encoder-decoder with its own source vocabulary (tokenizer.separate): the encoder's embedding
+    # has this many rows; 0 = sources and targets share one embedding of vocab_size rows.
+    src_vocab_size: int = 0
 
     @property
     def hidden_size(self) -> int:
@@ -74,6 +77,15 @@ class ModelConfig:
         _check_choice("model.arch", self.arch, ARCHITECTURES + SEQ2SEQ_ARCHITECTURES)
         _check_choice("model.rnn_type", self.rnn_type, ("gru", "lstm"))
         _check_choice("model.attention", self.attention, ("bahdanau", "luong"))
+        if self.src_vocab_size < 0:
+            raise ConfigError(
+                f"model.src_vocab_size must be 0 (= vocab_size) or more (got {self.src_vocab_size})"
+            )
+        if self.src_vocab_size and self.arch not in SEQ2SEQ_ARCHITECTURES:
+            raise ConfigError(
+                f"model.src_vocab_size is for encoder-decoders ({', '.join(SEQ2SEQ_ARCHITECTURES)}); "
+                f"a {self.arch} language model has one vocabulary: set model.src_vocab_size=0"
+            )
         if self.enc_layers < 0:
             raise ConfigError(
                 f"model.enc_layers must be 0 (= n_layer) or more (got {self.enc_layers})"
@@ -110,9 +122,17 @@ class TokenizerConfig:
     split_punct: bool = True  # word: split .,;:!?"() etc. off words; false for PTB-style text
     unk: bool = False  # char: map unseen characters to <unk> instead of raising
     path: str = ""  # bpe: load tokenizer.json or a dir with vocab.json + merges.txt
+    # Sequence-to-sequence only: one tokenizer trained on the training sources and another on the
+    # targets (same kind and settings; vocab_size applies to each), instead of one joint tokenizer.
+    separate: bool = False
 
     def validate(self) -> None:
         _check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        if self.separate and self.kind == "bpe" and self.path:
+            raise ConfigError(
+                "tokenizer.path loads one ready-made tokenizer, but tokenizer.separate=true trains "
+                "one on the sources and one on the targets: drop one of the two settings"
+            )
         if self.kind == "bpe" and not self.path and self.vocab_size < 257:
             raise ConfigError(
                 f"tokenizer.vocab_size must be at least 257 for byte-level BPE (got {self.vocab_size})"
@@ -139,6 +159,9 @@ class DataConfig:
     test_target_path: str = ""
     source_field: str = ""  # JSONL: a string, or a list of sentences joined with spaces
     target_field: str = ""  # JSONL: a string, or a list (first one trains, all are references)
+    # JSONL with several references per source: train on every (source, reference) pair instead
+    # of the first reference only (more targets for small data such as SciTLDR).
+    train_all_references: bool = False
     max_source_len: int = 0  # training pairs with longer sources (tokens) are dropped; 0 = keep
     max_target_len: int = 0  # same for targets
 
@@ -308,6 +331,11 @@ class RunConfig:
             raise ConfigError(
                 f"train.seq_len ({self.train.seq_len}) cannot exceed model.block_size "
                 f"({self.model.block_size}) for a GPT"
+            )
+        if self.tokenizer.separate and self.train.task == "lm":
+            raise ConfigError(
+                "tokenizer.separate=true gives sources and targets their own tokenizers, so it "
+                "needs train.task=translation or summarization; a language model has one tokenizer"
             )
         seq2seq_arch = self.model.arch in SEQ2SEQ_ARCHITECTURES
         if seq2seq_arch != (self.train.task != "lm"):

@@ -57,6 +57,29 @@ def test_jsonl_joins_source_sentences_and_keeps_every_reference(tmp_path):
         read_jsonl_pairs(path, "abstract", "target")
 
 
+def test_train_all_references_expands_training_pairs_only(tmp_path):
+    records = [
+        {"source": [f"paper {i}."], "target": [f"tldr {i} a", f"tldr {i} b"][: 1 + i % 2]}
+        for i in range(10)
+    ]
+    (tmp_path / "train.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in records), encoding="utf-8"
+    )
+    base = DataConfig(path="train.jsonl", source_field="source", data_dir=str(tmp_path))
+    first_only = load_parallel(base)
+    assert len(first_only.train) == 9 and len(first_only.val) == 1
+
+    corpus = load_parallel(DataConfig(**{**base.__dict__, "train_all_references": True}))
+    # Papers 0-8 train (4 of them have two TL;DRs); paper 9 is held out before the expansion.
+    assert len(corpus.train) == 9 + 4
+    assert corpus.train.sources[:3] == ["paper 0.", "paper 1.", "paper 1."]
+    assert corpus.train.targets[:3] == ["tldr 0 a", "tldr 1 a", "tldr 1 b"]
+    assert "paper 9." not in corpus.train.sources
+    assert corpus.val.sources == ["paper 9."] and corpus.val.references == [
+        ["tldr 9 a", "tldr 9 b"]
+    ]
+
+
 def test_collate_pads_and_masks_and_the_loss_ignores_padding():
     batch = collate_pairs([[5, 6, 0], [7, 0]], [[8, 9], [4]], bos_id=0, eos_id=0, pad_id=1)
     assert batch.src.tolist() == [[5, 6, 0], [7, 0, 1]]

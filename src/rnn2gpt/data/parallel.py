@@ -11,6 +11,11 @@ Batches (:class:`PairBatches`) group pairs of similar length, so little of a bat
 and depend only on (seed, step): resuming needs nothing but the step. Sources end in
 end-of-sequence; the decoder reads ``[bos] + target`` and predicts ``target + [eos]``; padded
 target positions hold :data:`IGNORE_INDEX`, which the loss skips.
+
+Tokenizers: a run has one joint tokenizer for both sides, or (``tokenizer.separate = true``) a
+source tokenizer of its own. Functions here take the target (or joint) ``tokenizer`` and an
+optional ``source_tokenizer``; :func:`pick_source_tokenizer` is the one rule that says which
+tokenizer encodes sources. Source padding uses the source side's pad id (``src_pad_id``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +70,16 @@ class ParallelCorpus:
     def train_text(self) -> str:
         """Both sides of the training pairs, one per line (what a joint tokenizer learns from)."""
         return "\n".join(self.train.sources + self.train.targets) + "\n"
+
+    @property
+    def source_text(self) -> str:
+        """The training sources, one per line (what a separate source tokenizer learns from)."""
+        return "\n".join(self.train.sources) + "\n"
+
+    @property
+    def target_text(self) -> str:
+        """The training targets, one per line (what a separate target tokenizer learns from)."""
+        return "\n".join(self.train.targets) + "\n"
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
@@ -120,6 +136,17 @@ def read_jsonl_pairs(
     return ParallelSplit(sources, targets, references)
 
 
+def every_reference(split: ParallelSplit) -> ParallelSplit:
+    """One pair per (source, reference): a source with k references appears k times, in order."""
+    sources, targets, references = [], [], []
+    for source, refs in zip(split.sources, split.references):
+        for ref in refs:
+            sources.append(source)
+            targets.append(ref)
+            references.append(refs)
+    return ParallelSplit(sources, targets, references)
+
+
 def load_parallel(config: DataConfig) -> ParallelCorpus:
     """Read the training, validation and (optional) test pairs ``config`` names.
 
@@ -167,6 +194,8 @@ def load_parallel(config: DataConfig) -> ParallelCorpus:
         val = ParallelSplit(train.sources[cut:], train.targets[cut:], train.references[cut:])
         train = ParallelSplit(train.sources[:cut], train.targets[:cut], train.references[:cut])
         how = f"validation = last {n_val} pairs"
+    if config.train_all_references:  # after the split, so no source is in both
+        train = every_reference(train)
     test = read("test")
     description = (
         f"{len(train):,} training / {len(val):,} validation"
@@ -179,13 +208,23 @@ def load_parallel(config: DataConfig) -> ParallelCorpus:
 # --------------------------------------------------------------------------- encoding
 
 
+def pick_source_tokenizer(tokenizer: Any, source_tokenizer: Any = None) -> Any:
+    """The tokenizer that encodes sources: the run's own source tokenizer when it has one
+    (``tokenizer.separate = true``), else the joint ``tokenizer``. Targets and outputs always use
+    ``tokenizer``. Every place that encodes sources asks this function."""
+    return tokenizer if source_tokenizer is None else source_tokenizer
+
+
 def encode_pairs(
-    split: ParallelSplit, tokenizer: object, *, eos_id: int
+    split: ParallelSplit, tokenizer: object, *, eos_id: int, source_tokenizer: object = None
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of each source (ending in ``eos_id``) and of each target (no specials)."""
-    encode = tokenizer.encode  # type: ignore[attr-defined]
-    sources = [encode(s) + [eos_id] for s in split.sources]
-    targets = [encode(t) for t in split.targets]
+    """Token ids of each source (ending in ``eos_id``, the source side's end-of-sequence) and of
+    each target (no specials). ``tokenizer`` encodes targets, and sources too unless a separate
+    ``source_tokenizer`` is given."""
+    encode_source = pick_source_tokenizer(tokenizer, source_tokenizer).encode
+    encode_target = tokenizer.encode  # type: ignore[attr-defined]
+    sources = [encode_source(s) + [eos_id] for s in split.sources]
+    targets = [encode_target(t) for t in split.targets]
     return sources, targets
 
 
@@ -218,7 +257,8 @@ def filter_pairs(
 class PairBatch:
     """One batch of pairs.
 
-    src: (B, S) right-padded source ids; src_mask: (B, S) bool, True at real tokens;
+    src: (B, S) right-padded source ids (source vocabulary); src_mask: (B, S) bool, True at real
+    tokens;
     tgt_in: (B, T) ``[bos] + target`` (padded with pad); tgt_out: (B, T) ``target + [eos]``
     with :data:`IGNORE_INDEX` at padding.
     """
@@ -247,12 +287,15 @@ def collate_pairs(
     bos_id: int,
     eos_id: int,
     pad_id: int,
+    src_pad_id: int | None = None,
 ) -> PairBatch:
-    """Pad a list of pairs into a :class:`PairBatch`."""
+    """Pad a list of pairs into a :class:`PairBatch`; sources are padded with ``src_pad_id``
+    (an id of the source vocabulary; None = ``pad_id``, for a joint vocabulary)."""
     batch = len(sources)
     src_len = max(len(s) for s in sources)
     tgt_len = max(len(t) for t in targets) + 1
-    src = torch.full((batch, src_len), pad_id, dtype=torch.long)
+    src_pad = pad_id if src_pad_id is None else src_pad_id
+    src = torch.full((batch, src_len), src_pad, dtype=torch.long)
     src_mask = torch.zeros((batch, src_len), dtype=torch.bool)
     tgt_in = torch.full((batch, tgt_len), pad_id, dtype=torch.long)
     tgt_out = torch.full((batch, tgt_len), IGNORE_INDEX, dtype=torch.long)
@@ -283,6 +326,7 @@ class PairBatches:
         bos_id: int,
         eos_id: int,
         pad_id: int,
+        src_pad_id: int | None = None,
         pool: int = 50,
         rank: int = 0,
         world_size: int = 1,
@@ -292,7 +336,12 @@ class PairBatches:
         self.sources, self.targets = list(sources), list(targets)
         self.batch_size = min(batch_size, len(self.sources))
         self.seed = seed
-        self.specials = {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
+        self.specials = {
+            "bos_id": bos_id,
+            "eos_id": eos_id,
+            "pad_id": pad_id,
+            "src_pad_id": src_pad_id,
+        }
         self.pool = pool
         self.rank, self.world_size = rank, world_size
         self.lengths = np.array(
@@ -339,9 +388,11 @@ def pair_eval_batches(
     bos_id: int,
     eos_id: int,
     pad_id: int,
+    src_pad_id: int | None = None,
     max_batches: int = 0,
 ) -> Iterator[PairBatch]:
-    """Deterministic batches over the pairs in order (all of them when ``max_batches == 0``)."""
+    """Deterministic batches over the pairs in order (all of them when ``max_batches == 0``);
+    ``src_pad_id`` as in :func:`collate_pairs`."""
     count = 0
     for start in range(0, len(sources), batch_size):
         if max_batches and count >= max_batches:
@@ -352,6 +403,7 @@ def pair_eval_batches(
             bos_id=bos_id,
             eos_id=eos_id,
             pad_id=pad_id,
+            src_pad_id=src_pad_id,
         )
         count += 1
 
@@ -381,6 +433,7 @@ __all__ = [
     "load_parallel",
     "pad_sources",
     "pair_eval_batches",
+    "pick_source_tokenizer",
     "read_jsonl_pairs",
     "read_line_pairs",
     "read_lines",

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .packed import pack_linear_layers
 
 Recorder = Callable[[str, torch.Tensor], None]
 
@@ -128,9 +129,11 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
     activations by a transposed matrix; CPU BLAS reads that layout at well under the memory
     bandwidth (measured here: GPT-2 small's 50257 x 768 output matrix, one row: 12.4 ms
     transposed vs 8.7 ms column-major). This stores each weight as the transposed view of a
-    contiguous (in, out) buffer, in place, without a second copy. bf16 weights are left alone:
-    their kernels prefer the row layout. Use it on models that will only generate; training
-    works on it too, but nothing is gained there. Returns ``model``.
+    contiguous (in, out) buffer, in place, without a second copy. bf16 weights keep the row
+    layout. Then every linear layer also gets a packed copy of its weight for several rows and
+    for bf16 (:mod:`rnn2gpt.models.packed`; one extra copy of the weights in memory). Use it on
+    models that will only generate; training works on it too (the packed path is off under
+    autograd), but nothing is gained there. Returns ``model``.
     """
     with torch.no_grad():
         for module in model.modules():
@@ -145,4 +148,5 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
                 and weight.shape[1] > 1
             ):
                 weight.data = weight.data.t().contiguous().t()
+    pack_linear_layers(model)
     return model

@@ -9,13 +9,19 @@ Two architectures, registered by name:
       src (B, S) -> Embedding -> encoder RNN -> memory (B, S, M)      M = H or 2H
       bahdanau:  ctx_t = attn(h_{t-1}, memory);  h_t = RNN([emb(y_t); ctx_t], h_{t-1})
       luong:     h_t = RNN(emb(y_t), h_{t-1});    ctx_t = attn(h_t, memory)
-      logits_t = out(tanh(W_c [h_t; ctx_t]))    out (E -> V), tied with the embedding
+      logits_t = out(tanh(W_c [h_t; ctx_t]))    out (E -> V), tied with the target embedding
 
 - ``transformer``: pre-LayerNorm encoder blocks (the GPT's :class:`Block` without a causal mask)
   and decoder blocks with causal self-attention, cross-attention over the encoder output and an
   MLP; learned or sinusoidal positions; one embedding shared by source, target and output.
 
-The vocabulary is joint (one tokenizer for both sides), so one embedding serves everything.
+**Vocabularies.** By default the vocabulary is joint (one tokenizer for both sides), so one
+embedding serves the encoder and the decoder. With ``model.src_vocab_size > 0`` (the trainer
+sets it for ``tokenizer.separate = true``) source ids come from a tokenizer of their own: the
+encoder then gets its own embedding of ``src_vocab_size`` rows (``src_embedding`` /
+``src_wte``), shared with nothing, and the decoder keeps ``vocab_size`` rows (tied with the
+output layer when ``tie_weights``). Joint models have no extra module, so their weights and
+checkpoints are unchanged.
 
 **Contract.** ``encode(src, src_mask) -> Seq2SeqState`` holds the encoder output, the source
 mask and what every decoding step reuses (projected attention keys, cross-attention keys and
@@ -252,7 +258,11 @@ class RNNSeq2Seq(Seq2SeqModel):
         memory_dim = hidden * directions
         rnn = _RNN[self.kind]
 
-        self.embedding = nn.Embedding(config.vocab_size, emb)
+        self.embedding = nn.Embedding(config.vocab_size, emb)  # targets (and joint sources)
+        # Sources of their own vocabulary get their own embedding (ids of the two sides differ).
+        self.src_embedding: nn.Embedding | None = (
+            nn.Embedding(config.src_vocab_size, emb) if config.src_vocab_size else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.encoder = rnn(
             emb,
@@ -280,6 +290,8 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.combine = nn.Linear(hidden + memory_dim, emb)
         self.out = nn.Linear(emb, config.vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.src_embedding is not None:
+            nn.init.uniform_(self.src_embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.out.bias)
         if config.tie_weights:
             self.out.weight = self.embedding.weight
@@ -300,7 +312,8 @@ class RNNSeq2Seq(Seq2SeqModel):
             )
         batch, steps = src.shape
         lengths = mask.sum(dim=1)
-        x = self.drop(self.embedding(src))  # (B, S, E)
+        embed = self.embedding if self.src_embedding is None else self.src_embedding
+        x = self.drop(embed(src))  # (B, S, E)
         # Packing makes each row's final state its last real token's, whatever the padding.
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h_n = self.encoder(packed)
@@ -427,7 +440,8 @@ class DecoderBlock(nn.Module):
 
 
 class TransformerSeq2Seq(Seq2SeqModel):
-    """Pre-LN transformer encoder-decoder with a shared, tied embedding (see module docstring)."""
+    """Pre-LN transformer encoder-decoder; one embedding for both sides and the output, or a
+    source embedding of its own with ``src_vocab_size`` (see the module docstring)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -439,7 +453,10 @@ class TransformerSeq2Seq(Seq2SeqModel):
         self.max_context = config.block_size  # target positions (sources have as many)
         enc_layers = config.enc_layers or config.n_layer
         eps, bias = config.layer_norm_eps, config.bias
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # targets (and joint sources)
+        self.src_wte: nn.Embedding | None = (
+            nn.Embedding(config.src_vocab_size, config.n_embd) if config.src_vocab_size else None
+        )
         if config.pos_encoding == "learned":
             self.enc_wpe = nn.Embedding(config.block_size, config.n_embd)
             self.dec_wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -490,7 +507,8 @@ class TransformerSeq2Seq(Seq2SeqModel):
                 f"a source of {steps} tokens exceeds the model's {limit} positions; shorten it "
                 "(data.max_source_len filters training pairs)"
             )
-        x = self.drop(self.wte(src) + self._table("enc")[:steps])  # (B, S, C)
+        embed = self.wte if self.src_wte is None else self.src_wte
+        x = self.drop(embed(src) + self._table("enc")[:steps])  # (B, S, C)
         cache = KVCache.empty(len(self.encoder), batch, steps)  # holds nothing beyond this call
         attn_mask = mask[:, None, None, :]  # keys: real source tokens only
         rec = _prefixed(recorder, "encoder.")

@@ -4,6 +4,11 @@
 of sources (:meth:`~rnn2gpt.models.seq2seq.Seq2SeqModel.bind`) and runs the ordinary decoding
 engine (:func:`rnn2gpt.generation.generate`) from a lone ``bos`` token: greedy, sampling and beam
 search are the language models' own.
+
+Tokenizers: ``tokenizer`` is the target (or joint) tokenizer: it gives bos/eos/pad of the
+decoder and turns output ids into text. A run trained with ``tokenizer.separate = true`` also
+has a ``source_tokenizer``, which encodes and pads the sources; without it the joint tokenizer
+does (:func:`~rnn2gpt.data.parallel.pick_source_tokenizer`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig
-from ..data.parallel import pad_sources
+from ..data.parallel import pad_sources, pick_source_tokenizer
 from ..errors import ConfigError
 from ..generation import generate
 from ..models.base import Recorder
@@ -43,7 +48,11 @@ def source_limit(model: nn.Module) -> int | None:
 
 
 def encode_sources(tokenizer: object, texts: Sequence[str], limit: int | None) -> list[list[int]]:
-    """Token ids of each source, ending in eos; sources beyond ``limit`` keep their beginning."""
+    """Token ids of each source, ending in eos; sources beyond ``limit`` keep their beginning.
+
+    ``tokenizer`` is the one that encodes sources (the source tokenizer of a run with separate
+    tokenizers: see :func:`~rnn2gpt.data.parallel.pick_source_tokenizer`).
+    """
     _, eos, _ = special_ids(tokenizer)
     out = []
     for text in texts:
@@ -62,19 +71,23 @@ def decode_ids(
     config: GenerationConfig,
     *,
     batch_size: int = 32,
+    source_tokenizer: object = None,
 ) -> list[list[int]]:
     """Best output token ids (eos excluded) for each encoded source, in order.
 
+    ``tokenizer``: the target tokenizer (bos, eos, pad of the decoder); ``source_tokenizer``:
+    the separate source tokenizer, if any (its pad id pads the sources).
     ``config.max_new_tokens`` is capped per batch at twice the longest source plus 10 and at the
     model's target positions.
     """
     bos, eos, pad = special_ids(tokenizer)
+    src_pad = special_ids(pick_source_tokenizer(tokenizer, source_tokenizer))[2]
     device = next(model.parameters()).device
     limit = source_limit(model)
     results: list[list[int]] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
-        src, mask = pad_sources(chunk, pad, device)
+        src, mask = pad_sources(chunk, src_pad, device)
         longest = max(len(s) for s in chunk)
         max_new = min(config.max_new_tokens, 2 * longest + 10)
         if limit is not None:
@@ -93,22 +106,36 @@ def decode_texts(
     config: GenerationConfig,
     *,
     batch_size: int = 32,
+    source_tokenizer: object = None,
 ) -> list[str]:
-    """The model's output text for each source text, in order."""
+    """The model's output text for each source text, in order (sources encoded with
+    ``source_tokenizer`` when the run has one, outputs decoded with ``tokenizer``)."""
     if not texts:
         return []
-    sources = encode_sources(tokenizer, texts, source_limit(model))
-    ids = decode_ids(model, tokenizer, sources, config, batch_size=batch_size)
+    src_tokenizer = pick_source_tokenizer(tokenizer, source_tokenizer)
+    sources = encode_sources(src_tokenizer, texts, source_limit(model))
+    ids = decode_ids(
+        model, tokenizer, sources, config, batch_size=batch_size, source_tokenizer=src_tokenizer
+    )
     return [tokenizer.decode(t).strip() for t in ids]  # type: ignore[attr-defined]
 
 
 def cross_attention(
-    model: nn.Module, tokenizer: object, source: str, output_ids: Sequence[int]
+    model: nn.Module,
+    tokenizer: object,
+    source: str,
+    output_ids: Sequence[int],
+    *,
+    source_tokenizer: object = None,
 ) -> torch.Tensor:
     """Cross-attention weights (T, S) of the decoder's last layer, heads averaged, while it reads
-    ``[bos] + output_ids`` for ``source`` (rows: output tokens + eos; columns: source tokens)."""
-    bos, eos, _ = special_ids(tokenizer)
-    src_ids = encode_sources(tokenizer, [source], source_limit(model))[0]
+    ``[bos] + output_ids`` for ``source`` (rows: output tokens + eos; columns: source tokens).
+
+    ``output_ids`` are target-tokenizer ids; ``source`` is encoded with ``source_tokenizer``
+    when the run has one, else with ``tokenizer``."""
+    bos, _, _ = special_ids(tokenizer)
+    src_tokenizer = pick_source_tokenizer(tokenizer, source_tokenizer)
+    src_ids = encode_sources(src_tokenizer, [source], source_limit(model))[0]
     device = next(model.parameters()).device
     src = torch.tensor([src_ids], dtype=torch.long, device=device)
     tgt = torch.tensor([[bos, *output_ids]], dtype=torch.long, device=device)

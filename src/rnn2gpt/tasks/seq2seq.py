@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GenerationConfig
+from ..data.parallel import pick_source_tokenizer
 from ..errors import CheckpointError, ConfigError
 from .common import cross_attention, decode_texts, encode_sources, source_limit
 
@@ -18,13 +19,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Seq2SeqRunner:
-    """An encoder-decoder checkpoint ready to decode: model, tokenizer, task and settings."""
+    """An encoder-decoder checkpoint ready to decode: model, tokenizers, task and settings.
+
+    ``tokenizer`` is the target (or joint) tokenizer; ``source_tokenizer`` encodes the inputs:
+    the checkpoint's own source tokenizer (``tokenizer.separate = true``), else ``tokenizer``.
+    """
 
     model: Any
     tokenizer: Any
     task: str  # translation | summarization
     generation: GenerationConfig
     data_config: Any = None  # the training run's DataConfig (JSON Lines field names)
+    source_tokenizer: Any = None  # None = the joint tokenizer
+
+    def __post_init__(self) -> None:
+        self.source_tokenizer = pick_source_tokenizer(self.tokenizer, self.source_tokenizer)
 
     def run(
         self,
@@ -43,7 +52,14 @@ class Seq2SeqRunner:
             settings = replace(settings, max_new_tokens=max_new_tokens)
         if length_penalty is not None:
             settings = replace(settings, length_penalty=length_penalty)
-        return decode_texts(self.model, self.tokenizer, texts, settings, batch_size=batch_size)
+        return decode_texts(
+            self.model,
+            self.tokenizer,
+            texts,
+            settings,
+            batch_size=batch_size,
+            source_tokenizer=self.source_tokenizer,
+        )
 
 
 def load_seq2seq(
@@ -70,7 +86,12 @@ def load_seq2seq(
         )
     task = ckpt.config.train.task if ckpt.config.train.task != "lm" else "translation"
     return Seq2SeqRunner(
-        ckpt.model.eval(), ckpt.tokenizer, task, ckpt.config.generate, ckpt.config.data
+        ckpt.model.eval(),
+        ckpt.tokenizer,
+        task,
+        ckpt.config.generate,
+        ckpt.config.data,
+        source_tokenizer=ckpt.source_tokenizer,
     )
 
 
@@ -128,12 +149,14 @@ def plot_cross_attention(
     from ..analysis.plots import new_figure, save_figure
 
     runner = load_seq2seq(checkpoint)
-    tokenizer = runner.tokenizer
+    tokenizer, src_tokenizer = runner.tokenizer, runner.source_tokenizer
     if output is None:
         output = runner.run([source], num_beams=num_beams)[0]
     out_ids = tokenizer.encode(output) if output else []
-    weights = cross_attention(runner.model, tokenizer, source, out_ids)  # (T, S)
-    src_ids = encode_sources(tokenizer, [source], source_limit(runner.model))[0]
+    weights = cross_attention(
+        runner.model, tokenizer, source, out_ids, source_tokenizer=src_tokenizer
+    )  # (T, S)
+    src_ids = encode_sources(src_tokenizer, [source], source_limit(runner.model))[0]
     fig = new_figure(figsize=(max(4.0, 0.4 * len(src_ids) + 2), max(3.0, 0.35 * len(out_ids) + 2)))
     if fig is None:
         logger.warning("matplotlib is not installed: no attention plot")
@@ -141,7 +164,7 @@ def plot_cross_attention(
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(weights.cpu().numpy(), aspect="auto", cmap="viridis", vmin=0.0)
     ax.set_xticks(range(len(src_ids)))
-    ax.set_xticklabels([_piece(tokenizer, i) for i in src_ids], rotation=90, fontsize=8)
+    ax.set_xticklabels([_piece(src_tokenizer, i) for i in src_ids], rotation=90, fontsize=8)
     rows = [*out_ids, None]
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(["<eos>" if i is None else _piece(tokenizer, i) for i in rows], fontsize=8)

@@ -6,7 +6,10 @@ A checkpoint directory holds::
                                "model": {...}, "tokenizer": {...}, "data": ..., "train": ...,
                                "generate": ...}  (RunConfig.to_dict() sections)
     model.safetensors         the weights; a tied weight is stored once (see below)
-    tokenizer.json            written by ``tokenizer.save(dir)``
+    tokenizer.json            written by ``tokenizer.save(dir)``: the joint tokenizer, or the target
+                              tokenizer of a seq2seq run with ``tokenizer.separate = true``
+    source_tokenizer/tokenizer.json  (separate tokenizers only) the source tokenizer, written the
+                              same way; its size is ``model.src_vocab_size``
     optimizer.safetensors     (to resume) optimizer state tensors named ``state.<param>.<key>``;
                               hyper-parameters of the param groups as JSON in the metadata
     trainer_state.json        (to resume) step, tokens, elapsed seconds, best metric, RNG states...
@@ -55,6 +58,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import RunConfig
+from ..data.parallel import pick_source_tokenizer
 from ..errors import CheckpointError, ConfigError, TokenizerError
 from ..models.lora import (
     has_lora,
@@ -71,6 +75,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+SOURCE_TOKENIZER_DIR = "source_tokenizer"  # holds tokenizer.json of a separate source tokenizer
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAINER_TENSORS_FILE = "trainer_state.safetensors"
@@ -88,7 +93,12 @@ _RUNTIME_GROUP_KEYS = ("fused", "foreach", "capturable", "differentiable")
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``model`` is built from ``config.model``, in eval mode."""
+    """A loaded checkpoint. ``model`` is built from ``config.model``, in eval mode.
+
+    ``tokenizer`` is the joint tokenizer, or the target one of a run with separate tokenizers;
+    ``source_tokenizer`` is the tokenizer that encodes sources: the checkpoint's own source
+    tokenizer when it has one, else the same object as ``tokenizer``.
+    """
 
     model: nn.Module
     tokenizer: Any
@@ -96,6 +106,15 @@ class Checkpoint:
     directory: Path
     trainer_state: dict[str, Any] | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    source_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        self.source_tokenizer = pick_source_tokenizer(self.tokenizer, self.source_tokenizer)
+
+    @property
+    def separate_tokenizers(self) -> bool:
+        """Whether sources have a tokenizer of their own (``tokenizer.separate = true``)."""
+        return self.source_tokenizer is not self.tokenizer
 
     @property
     def has_optimizer_state(self) -> bool:
@@ -138,6 +157,7 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
             f"{path}: config.json says vocab_size {config.model.vocab_size} but tokenizer.json "
             f"has {tokenizer.vocab_size} tokens; the files come from different runs"
         )
+    source_tokenizer = _load_source_tokenizer(path, config)
     try:
         model = build_model(config.model)
     except ConfigError as exc:
@@ -157,7 +177,43 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
     tensors: dict[str, torch.Tensor] = {}
     if (path / TRAINER_TENSORS_FILE).is_file():
         tensors = _load_tensors(path / TRAINER_TENSORS_FILE, "cpu")
-    return Checkpoint(model, tokenizer, config, path, trainer_state, tensors)
+    return Checkpoint(
+        model, tokenizer, config, path, trainer_state, tensors, source_tokenizer=source_tokenizer
+    )
+
+
+def _load_source_tokenizer(path: Path, config: RunConfig) -> Any:
+    """The separate source tokenizer of a ``tokenizer.separate`` checkpoint, else None (the
+    joint tokenizer encodes sources); checked against ``model.src_vocab_size``."""
+    from ..tokenizers import load_tokenizer
+
+    src_size = config.model.src_vocab_size
+    if not config.tokenizer.separate:
+        if src_size:
+            raise CheckpointError(
+                f"{path}: config.json gives the encoder its own vocabulary (model.src_vocab_size="
+                f"{src_size}) but no source tokenizer (tokenizer.separate is false); the "
+                "checkpoint is damaged, save or copy it again"
+            )
+        return None
+    folder = path / SOURCE_TOKENIZER_DIR
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise CheckpointError(
+            f"{path} was trained with separate source and target tokenizers but has no "
+            f"{SOURCE_TOKENIZER_DIR}/{TOKENIZER_FILE}; the checkpoint is incomplete, save or copy "
+            "it again"
+        )
+    try:
+        source_tokenizer = load_tokenizer(folder)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if src_size != source_tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{path}: config.json says src_vocab_size {src_size} but "
+            f"{SOURCE_TOKENIZER_DIR}/{TOKENIZER_FILE} has {source_tokenizer.vocab_size} tokens; "
+            "the files come from different runs"
+        )
+    return source_tokenizer
 
 
 def read_config(directory: str | os.PathLike[str]) -> RunConfig:
@@ -335,13 +391,22 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: Mapping[str, Any] | None = None,
     tensors: Mapping[str, torch.Tensor] | None = None,
+    source_tokenizer: Any = None,
 ) -> Path:
     """Write a checkpoint to ``directory`` atomically (replacing any checkpoint there).
 
     ``model`` may be wrapped (DDP, ``torch.compile``); the plain module's weights are stored.
     ``trainer_state`` must be JSON-serialisable; ``tensors`` are extra tensors for resuming.
+    ``source_tokenizer`` is written to ``source_tokenizer/`` when ``config.tokenizer.separate``
+    (then it is required), and ignored otherwise (``tokenizer`` then encodes both sides).
     Returns the checkpoint path.
     """
+    separate = config.tokenizer.separate
+    if separate and (source_tokenizer is None or source_tokenizer is tokenizer):
+        raise CheckpointError(
+            "config says tokenizer.separate=true, so the checkpoint needs the source tokenizer: "
+            "pass source_tokenizer= to save_checkpoint"
+        )
     target = Path(directory).expanduser()
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {target}: a file of that name exists")
@@ -359,13 +424,17 @@ def save_checkpoint(
         if adapted:
             save_lora_adapter(plain, tmp / ADAPTER_FILE)
         tokenizer.save(tmp)
+        if separate:
+            os.mkdir(tmp / SOURCE_TOKENIZER_DIR)
+            source_tokenizer.save(tmp / SOURCE_TOKENIZER_DIR)
         if optimizer is not None:
             save_optimizer_state(optimizer, tmp / OPTIMIZER_FILE)
         if trainer_state is not None:
             _write_json(tmp / TRAINER_STATE_FILE, dict(trainer_state))
         if tensors:
             save_file(_cpu_contiguous(dict(tensors)), str(tmp / TRAINER_TENSORS_FILE))
-        for file in tmp.iterdir():
+        # Deepest first, so each folder is flushed after what it holds.
+        for file in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             _fsync_path(file)
         _fsync_path(tmp)
         _swap_in(tmp, target)
@@ -666,6 +735,7 @@ def _remove_stale_temps(target: Path) -> None:
 
 __all__ = [
     "ADAPTER_FILE",
+    "SOURCE_TOKENIZER_DIR",
     "Checkpoint",
     "CheckpointError",
     "adapter_file",

@@ -52,7 +52,13 @@ def merge_lora_checkpoint(
         config,
         train=replace(config.train, lora_rank=0, lora_targets="", lora_dropout=0.0),
     )
-    path = save_checkpoint(dest, model=model, tokenizer=checkpoint.tokenizer, config=config)
+    path = save_checkpoint(
+        dest,
+        model=model,
+        tokenizer=checkpoint.tokenizer,
+        config=config,
+        source_tokenizer=checkpoint.source_tokenizer,  # kept when the run has separate ones
+    )
     logger.info("merged the LoRA adapters of %s into %s", source, path)
     return path
 

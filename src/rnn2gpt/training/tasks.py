@@ -10,6 +10,10 @@ modelling (``train.task = "lm"``) is the trainer's built-in path; :class:`Seq2Se
 - cross-entropy over target tokens only (padding ignored), with optional label smoothing;
 - validation loss and perplexity (no smoothing), and BLEU (translation) or ROUGE
   (summarization) of decoded validation pairs when ``train.early_stop_metric`` asks for them.
+
+Sources are encoded (and padded) with the source tokenizer of a run with
+``tokenizer.separate = true``, else with the joint tokenizer; targets and decoded outputs always
+use ``tokenizer``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..data.parallel import (
     filter_pairs,
     load_parallel,
     pair_eval_batches,
+    pick_source_tokenizer,
 )
 from .precision import autocast
 
@@ -44,7 +49,11 @@ def is_seq2seq_task(config: RunConfig) -> bool:
 
 
 class Seq2SeqTask:
-    """Pairs, loss and metrics of a translation or summarization run."""
+    """Pairs, loss and metrics of a translation or summarization run.
+
+    ``tokenizer`` encodes targets and decodes outputs; ``source_tokenizer`` (a run with
+    ``tokenizer.separate = true``) encodes sources, which otherwise ``tokenizer`` does.
+    """
 
     def __init__(
         self,
@@ -54,13 +63,17 @@ class Seq2SeqTask:
         *,
         rank: int = 0,
         world_size: int = 1,
+        source_tokenizer: Any = None,
     ) -> None:
         from ..tasks.common import special_ids
 
         self.config = config
         self.tokenizer = tokenizer
+        self.source_tokenizer = pick_source_tokenizer(tokenizer, source_tokenizer)
         self.corpus = corpus
         self.bos, self.eos, self.pad = special_ids(tokenizer)
+        # Sources end in (and are padded with) their own tokenizer's specials.
+        _, self.src_eos, self.src_pad = special_ids(self.source_tokenizer)
         dc, tc = config.data, config.train
         limit = config.model.block_size if config.model.arch == "transformer" else 0
         max_src = (
@@ -70,14 +83,19 @@ class Seq2SeqTask:
             min(x for x in (dc.max_target_len, limit) if x) if dc.max_target_len or limit else 0
         )
 
-        sources, targets = encode_pairs(corpus.train, tokenizer, eos_id=self.eos)
+        sources, targets = self._encode(corpus.train)
         keep = filter_pairs(sources, targets, max_src, max_tgt)
         if len(keep) < len(sources):
             logger.info("kept %d of %d training pairs (length limits)", len(keep), len(sources))
         self.train_sources = [sources[i] for i in keep]
         self.train_targets = [targets[i] for i in keep]
         self.train_tokens = sum(len(t) + 1 for t in self.train_targets)
-        specials = {"bos_id": self.bos, "eos_id": self.eos, "pad_id": self.pad}
+        specials = {
+            "bos_id": self.bos,
+            "eos_id": self.eos,
+            "pad_id": self.pad,
+            "src_pad_id": self.src_pad,
+        }
         self.batches = PairBatches(
             self.train_sources,
             self.train_targets,
@@ -95,13 +113,21 @@ class Seq2SeqTask:
     def from_config(
         cls, config: RunConfig, tokenizer: Any, corpus: ParallelCorpus | None = None, **kw: Any
     ) -> Seq2SeqTask:
+        """Read the pairs ``config.data`` names (unless ``corpus`` is given); ``kw`` as in
+        the constructor (``source_tokenizer``, ``rank``, ``world_size``)."""
         return cls(config, tokenizer, corpus or load_parallel(config.data), **kw)
+
+    def _encode(self, split: Any) -> tuple[list[list[int]], list[list[int]]]:
+        """Source ids (ending in the source eos) and target ids of ``split``."""
+        return encode_pairs(
+            split, self.tokenizer, eos_id=self.src_eos, source_tokenizer=self.source_tokenizer
+        )
 
     def _encode_eval(self, split: Any, limit: int) -> tuple[list[list[int]], list[list[int]]]:
         """Evaluation pairs, all kept; cut to the model's positions when it has a limit."""
-        sources, targets = encode_pairs(split, self.tokenizer, eos_id=self.eos)
+        sources, targets = self._encode(split)
         if limit:
-            sources = [s if len(s) <= limit else s[: limit - 1] + [self.eos] for s in sources]
+            sources = [s if len(s) <= limit else s[: limit - 1] + [self.src_eos] for s in sources]
             targets = [t[: limit - 1] for t in targets]
         # A target must hold at least its eos to be scored; empty lines still score that.
         return sources, targets
@@ -176,7 +202,9 @@ class Seq2SeqTask:
         settings = GenerationConfig(temperature=0.0, num_beams=tc.metric_beams, max_new_tokens=256)
         was_training = model.training
         try:
-            ids = decode_ids(model, self.tokenizer, sources[:n], settings)
+            ids = decode_ids(
+                model, self.tokenizer, sources[:n], settings, source_tokenizer=self.source_tokenizer
+            )
         finally:
             model.train(was_training)
         hypotheses = [self.tokenizer.decode(t).strip() for t in ids]

@@ -240,16 +240,29 @@ class _Run:
         else:
             corpus = load_corpus(config.data)
         logger.info("data: %s", corpus.description)
-        self.tokenizer = (
-            source.tokenizer if source is not None else self._train_tokenizer(corpus, config)
+        # self.tokenizer: the joint tokenizer, or the targets' one with tokenizer.separate;
+        # self.source_tokenizer encodes sources (the same object unless separate).
+        if source is not None:
+            self.tokenizer, self.source_tokenizer = source.tokenizer, source.source_tokenizer
+        else:
+            self.tokenizer, self.source_tokenizer = self._train_tokenizers(corpus, config)
+        separate = self.source_tokenizer is not self.tokenizer
+        model_config = replace(
+            config.model,
+            vocab_size=self.tokenizer.vocab_size,
+            src_vocab_size=self.source_tokenizer.vocab_size if separate else 0,
         )
-        model_config = replace(config.model, vocab_size=self.tokenizer.vocab_size)
         config = replace(config, model=model_config).validate()
         self.config = config
         if is_seq2seq_task(config):
             # Pairs, loss and metrics come from the task; the loop below is the same.
             self.task = Seq2SeqTask(
-                config, self.tokenizer, corpus, rank=ctx.rank, world_size=ctx.world_size
+                config,
+                self.tokenizer,
+                corpus,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                source_tokenizer=self.source_tokenizer,
             )
             self.train_ids = self.val_ids = np.zeros(0, dtype=np.int64)
             self.chars_per_token = None
@@ -387,16 +400,31 @@ class _Run:
         )
         return layers
 
-    def _train_tokenizer(self, corpus: Any, config: RunConfig) -> Any:
+    def _train_tokenizers(self, corpus: Any, config: RunConfig) -> tuple[Any, Any]:
+        """(tokenizer, source tokenizer) of a new run: one joint tokenizer (returned twice), or
+        with ``tokenizer.separate`` one trained on the targets and one on the sources."""
+        if not config.tokenizer.separate:
+            joint = self._train_tokenizer(corpus.train_text, config, ".tokenizer")
+            return joint, joint
+        target = self._train_tokenizer(corpus.target_text, config, ".tokenizer")
+        source = self._train_tokenizer(corpus.source_text, config, ".tokenizer-source")
+        logger.info(
+            "separate tokenizers: %d source tokens, %d target tokens",
+            source.vocab_size,
+            target.vocab_size,
+        )
+        return target, source
+
+    def _train_tokenizer(self, text: str, config: RunConfig, folder: str) -> Any:
         from ..tokenizers import load_tokenizer, train_tokenizer
 
         if not self.ctx.enabled:
-            return train_tokenizer(corpus.train_text, config.tokenizer)
+            return train_tokenizer(text, config.tokenizer)
         # Rank 0 trains; the others read its files, so every rank has the very same vocabulary.
-        shared = self.out_dir / ".tokenizer"
+        shared = self.out_dir / folder
         if self.ctx.is_main:
             shared.mkdir(parents=True, exist_ok=True)
-            train_tokenizer(corpus.train_text, config.tokenizer).save(shared)
+            train_tokenizer(text, config.tokenizer).save(shared)
         barrier(self.ctx)
         tokenizer = load_tokenizer(shared)
         barrier(self.ctx)  # everyone has read it: the shared copy can go
@@ -746,12 +774,17 @@ class _Run:
             best=improved,
             **{f"val_{k}": v for k, v in task_metrics.items()},
         )
+        # Bits per character only exist for text corpora; a task adds its metric (BLEU, ROUGE).
+        extras = []
+        if metrics["bits_per_char"] is not None:
+            extras.append(f"{metrics['bits_per_char']:.3f} bits/char")
+        extras.extend(f"{name} {value:.2f}" for name, value in task_metrics.items())
         logger.info(
-            "step %d: val loss %.4f, perplexity %.2f, %.3f bits/char%s",
+            "step %d: val loss %.4f, perplexity %.2f%s%s",
             p.step,
             val_loss,
             metrics["perplexity"],
-            metrics["bits_per_char"] or float("nan"),
+            "".join(f", {extra}" for extra in extras),
             " (best)" if improved else "",
         )
         if tc.patience > 0 and p.evals_without_improvement >= tc.patience:
@@ -835,6 +868,7 @@ class _Run:
             self.out_dir / name,
             model=self.model,
             tokenizer=self.tokenizer,
+            source_tokenizer=self.source_tokenizer,
             config=self.config,
             optimizer=self.optimizer,
             trainer_state=trainer_state,
@@ -880,7 +914,8 @@ def _load_resume_checkpoint(out_dir: Path, device: torch.device) -> Checkpoint:
 
 def _resume_config(asked: RunConfig, saved: RunConfig) -> RunConfig:
     """Resume keeps the checkpoint's model and tokenizer; training settings come from ``asked``."""
-    if replace(asked.model, vocab_size=saved.model.vocab_size) != saved.model:
+    sizes = {"vocab_size": saved.model.vocab_size, "src_vocab_size": saved.model.src_vocab_size}
+    if replace(asked.model, **sizes) != saved.model:
         logger.warning(
             "resuming keeps the checkpoint's model settings; the model settings given are ignored"
         )
@@ -932,10 +967,8 @@ def _base_tokenizer_error(
 def _finetune_config(asked: RunConfig, saved: RunConfig) -> RunConfig:
     """Fine-tuning keeps the source's architecture and tokenizer (dropout may change)."""
     model = replace(saved.model, dropout=asked.model.dropout)
-    if (
-        replace(asked.model, vocab_size=saved.model.vocab_size, dropout=asked.model.dropout)
-        != model
-    ):
+    sizes = {"vocab_size": saved.model.vocab_size, "src_vocab_size": saved.model.src_vocab_size}
+    if replace(asked.model, **sizes, dropout=asked.model.dropout) != model:
         logger.info("fine-tuning keeps the source checkpoint's model shape (%s)", saved.model.arch)
     if model.arch == "gpt" and asked.train.seq_len > model.block_size:
         raise ConfigError(

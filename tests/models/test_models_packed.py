@@ -1,0 +1,130 @@
+"""PackedLinear: the same layer and results as nn.Linear, with a packed weight for decoding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnn2gpt.config import GenerationConfig, ModelConfig
+from rnn2gpt.generation import generate
+from rnn2gpt.models import build_model, packed
+from rnn2gpt.models.base import use_inference_layout
+from rnn2gpt.models.packed import PackedLinear, pack_linear_layers, packed_linear_supported
+
+
+def _count_packed_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = packed._packed_linear
+
+    def spy(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(packed, "_packed_linear", spy)
+    return calls
+
+
+def test_supported_wherever_pytorch_has_onednn():
+    # x86 and arm64 CPU wheels ship oneDNN; there the probe must find the operators working.
+    for dtype in (torch.float32, torch.bfloat16):
+        assert packed_linear_supported(dtype) == torch.backends.mkldnn.is_available()
+    assert not packed_linear_supported(torch.float16)
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (8, 48), (2, 5, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_linear_in_fp32(monkeypatch, shape, bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 80, bias=bias)
+    x = torch.randn(*shape)
+    expected = layer(x).detach()
+    calls = _count_packed_calls(monkeypatch)
+
+    pack_linear_layers(layer)
+
+    assert type(layer) is PackedLinear
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert calls[0] == 1
+
+
+def test_one_fp32_row_through_a_vocabulary_sized_matrix_keeps_linear(monkeypatch):
+    layer = nn.Linear(8, packed._FP32_SINGLE_ROW_PACKED_MAX_OUT + 1, bias=False)
+    calls = _count_packed_calls(monkeypatch)
+    pack_linear_layers(layer)
+    x = torch.randn(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
+        assert calls[0] == 0  # column-major GEMV reads this shape faster
+        layer(torch.randn(2, 8))
+    assert calls[0] == 1
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_equals_linear_in_bf16(monkeypatch, rows):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(rows, 64).to(torch.bfloat16)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    calls = _count_packed_calls(monkeypatch)
+    pack_linear_layers(layer)
+    with torch.no_grad():
+        got = layer(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.02)
+    assert calls[0] == 1
+
+
+def test_autograd_takes_the_plain_path_and_trains(monkeypatch):
+    torch.manual_seed(0)
+    layer = pack_linear_layers(nn.Linear(8, 4))
+    calls = _count_packed_calls(monkeypatch)
+    x = torch.randn(5, 8)
+    layer(x).pow(2).sum().backward()
+    assert calls[0] == 0
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_repacks_after_in_place_edit_and_cast():
+    torch.manual_seed(0)
+    layer = pack_linear_layers(nn.Linear(16, 24))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # an in-place edit bumps the weight's version
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.to(torch.bfloat16)  # a cast replaces the weight
+        got = layer(x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        got.float(), F.linear(x, layer.weight.float(), layer.bias.float()), atol=0.1, rtol=0.02
+    )
+
+
+def test_copies_and_state_dict_are_those_of_linear():
+    layer = pack_linear_layers(nn.Linear(6, 3))
+    clone = copy.deepcopy(layer)
+    assert clone._packed is None  # rebuilt on first use
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), layer(x))
+    assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_packed_gpt_generates_the_same_greedy_tokens():
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=64)
+    reference = build_model(config).eval()
+    fast = build_model(config).eval()
+    fast.load_state_dict(reference.state_dict())
+    use_inference_layout(fast)
+    assert isinstance(fast.lm_head, PackedLinear)
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    settings = GenerationConfig(max_new_tokens=20, temperature=0.0)
+    want = [r[0].token_ids for r in generate(reference, prompts, settings)]
+    got = [r[0].token_ids for r in generate(fast, prompts, settings)]
+    assert got == want
