@@ -9,6 +9,7 @@ import torch
 
 from rnn2gpt.errors import ContextLengthError
 from rnn2gpt.models import KVCache
+from rnn2gpt.models.gpt import SINUSOID_SCALE, sinusoidal_table
 
 
 def _tokens(batch: int, steps: int, seed: int = 0) -> torch.Tensor:
@@ -100,8 +101,9 @@ def test_sinusoidal_positions(make_model) -> None:
     model = make_model(pos_encoding="sinusoidal")
     assert not hasattr(model.transformer, "wpe")
     assert "pos_table" not in model.state_dict()  # rebuilt from the config, never saved
-    table = model.pos_table
+    table = model.pos_table / SINUSOID_SCALE  # stored at the embeddings' scale
     assert table.shape == (32, 16)
+    assert torch.allclose(table, sinusoidal_table(32, 16))
     torch.testing.assert_close(table[0, 0::2], torch.zeros(8))
     torch.testing.assert_close(table[0, 1::2], torch.ones(8))
     torch.testing.assert_close(table[3, 0], torch.tensor(math.sin(3.0)))

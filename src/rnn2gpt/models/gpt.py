@@ -139,8 +139,16 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def sinusoidal_table(length: int, width: int) -> Tensor:
-    """(length, width) fixed positions: sin at even, cos at odd features (Vaswani et al.)."""
+# Embedding weights start at std 0.02 (GPT-2's init). Sinusoids of amplitude 1 (RMS 0.71) added
+# to them would be 35x louder than the tokens, and the model spends many steps growing its token
+# embeddings before it can read them. The models' fixed tables are scaled to RMS 0.02 instead:
+# positions and tokens start at the same scale, as with learned positions.
+SINUSOID_SCALE = 0.02 * math.sqrt(2.0)
+
+
+def sinusoidal_table(length: int, width: int, scale: float = 1.0) -> Tensor:
+    """(length, width) fixed positions: ``scale`` x (sin at even, cos at odd features), as in
+    Vaswani et al. (who use scale 1 with embeddings scaled up to RMS 1)."""
     position = torch.arange(length, dtype=torch.float32)[:, None]
     frequency = torch.exp(
         torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width)
@@ -149,7 +157,7 @@ def sinusoidal_table(length: int, width: int) -> Tensor:
     table = torch.zeros(length, width)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles[:, : width // 2])
-    return table
+    return table * scale
 
 
 class GPT(nn.Module):
@@ -178,7 +186,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.pos_encoding == "sinusoidal":
             # Rebuilt from the config, so it is not saved in checkpoints.
-            table = sinusoidal_table(config.block_size, config.n_embd)
+            table = sinusoidal_table(config.block_size, config.n_embd, SINUSOID_SCALE)
             self.register_buffer("pos_table", table, persistent=False)
 
         self.apply(self._init_module)

@@ -54,7 +54,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
 from .attention import AdditiveAttention, GeneralAttention
 from .base import Recorder, count_parameters, register_model
-from .gpt import MLP, Block, CausalSelfAttention, _sdpa, sinusoidal_table
+from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, _sdpa, sinusoidal_table
 from .kv_cache import KVCache
 from .rnn import RNNState
 
@@ -461,7 +461,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
             self.enc_wpe = nn.Embedding(config.block_size, config.n_embd)
             self.dec_wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
-            table = sinusoidal_table(config.block_size, config.n_embd)
+            table = sinusoidal_table(config.block_size, config.n_embd, SINUSOID_SCALE)
             self.register_buffer("pos_table", table, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.encoder = nn.ModuleList(Block(config) for _ in range(enc_layers))
