@@ -12,9 +12,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import Rnn2GptError
+
+if TYPE_CHECKING:
+    from .analysis.compare import CompareSettings
 
 logger = logging.getLogger("rnn2gpt")
 
@@ -457,11 +461,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .analysis.compare import TABLE_COLUMNS, CompareSettings, run_comparison
+    from .analysis.compare import TABLE_COLUMNS, refresh_comparison, run_comparison
     from .analysis.compare_report import results_rows
+
+    if args.report_only:
+        comparison = refresh_comparison(args.out)
+    else:
+        comparison = run_comparison(_compare_settings(args), args.out)
+    print(_text_table(TABLE_COLUMNS, results_rows(comparison)))
+    out = Path(args.out)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def _compare_settings(args: argparse.Namespace) -> CompareSettings:
+    """The comparison the ``compare`` command's options ask for."""
+    from .analysis.compare import CompareSettings
     from .config import parse_duration
 
-    settings = CompareSettings(
+    return CompareSettings(
         data=args.data,
         tokenizer=args.tokenizer,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
@@ -476,11 +494,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         isolate=not args.in_process,
         overwrite=args.overwrite,
     )
-    comparison = run_comparison(settings, args.out)
-    print(_text_table(TABLE_COLUMNS, results_rows(comparison)))
-    out = Path(args.out)
-    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
-    return 0
 
 
 def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -871,6 +884,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train in this process (starts faster; peak memory is not measured)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the report of the comparison in --out from its saved "
+        "results and checkpoints",
+    )
     p.add_argument(
         "--set",
         action="append",

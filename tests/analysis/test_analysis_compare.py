@@ -149,6 +149,48 @@ def test_compare_command_reports_all_four_architectures(tmp_path, corpus, tiny_o
     assert all(r.train_tokens >= 640 and r.gen_tokens == 12 for r in runs)
     assert all(r.best_val_loss is not None and r.val_bits_per_char > 0 for r in runs)
 
+    # Gradient flow of every model on the validation text, on one plot and in a table.
+    for run in runs:
+        flow = run.gradient_flow
+        assert flow is not None and flow["windows"] == 32
+        assert flow["distances"] == list(range(len(flow["norms"]))) and len(flow["norms"]) > 8
+        assert all(n >= 0 for n in flow["norms"]) and flow["norms"][0] > 0
+        assert re.search(rf"^\| {run.name} \| \d\.\d\de[-+]\d+ \|", md, re.MULTILINE)
+    assert "## Gradient flow through time" in md
+    flow_png = (out / "gradient_flow.png").read_bytes()
+    assert base64.b64encode(flow_png).decode("ascii") in page
+
+    # --report-only rebuilds the report (measuring what comparison.json lacks) without training.
+    for item in data["runs"]:
+        item.pop("gradient_flow")
+    (out / "comparison.json").write_text(json.dumps(data), encoding="utf-8")
+    (out / "report.md").unlink()
+    (out / "gradient_flow.png").unlink()
+    mtimes = {
+        arch: (out / "runs" / arch / "metrics.jsonl").stat().st_mtime for arch in runs_of(data)
+    }
+    capsys.readouterr()
+    assert main(["-q", "compare", "--out", str(out), "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert all(column in printed for column in TABLE_COLUMNS), printed
+    again = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    for before, after in zip(runs, again["runs"]):
+        assert after["gradient_flow"] == before.gradient_flow  # same windows, same numbers
+    assert "## Gradient flow through time" in (out / "report.md").read_text(encoding="utf-8")
+    assert (out / "gradient_flow.png").is_file()
+    for arch, mtime in mtimes.items():  # nothing was trained again
+        assert (out / "runs" / arch / "metrics.jsonl").stat().st_mtime == mtime
+
+
+def runs_of(data: dict) -> list[str]:
+    return [r["name"] for r in data["runs"]]
+
+
+def test_report_only_needs_a_finished_comparison(tmp_path, capsys):
+    assert main(["compare", "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "comparison.json does not exist" in err and "Traceback" not in err
+
 
 def test_worker_process_measures_peak_memory(tmp_path, corpus, tiny_overrides):
     settings = CompareSettings(

@@ -11,6 +11,9 @@ them to a comparable parameter count, trains each with the one trainer
 - the best validation loss, its perplexity and bits per character (from ``metrics.jsonl``);
 - generation speed: ``gen_tokens`` new tokens at batch 1 with :func:`rnn2gpt.generation.generate`
   (prompt prefill included, after a short warm-up), and the sample it produced;
+- gradient flow through time: the norm of d loss / d input embedding against distance from the
+  loss, on windows of the validation text (:func:`measure_gradient_flow`), drawn for all models
+  on one plot (the vanishing gradient of the vanilla RNN against LSTM/GRU);
 - peak memory: each training runs in its own Python process (``isolate=True``), which reports its
   RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) when training ends, and
   its RSS just before training started (Python + PyTorch + data: the baseline). A fresh process
@@ -57,6 +60,7 @@ REFERENCE_ARCH = "gpt"  # the default parameter target is this preset's size
 RESULTS_FILE = "comparison.json"
 CURVES_FILE = "val_loss.png"
 DEFAULT_BUDGET_SECONDS = 300.0
+GRADIENT_FLOW_WINDOW = 128  # tokens back from the loss (capped at a model's context)
 HUGE_STEPS = 10**9  # "no step limit": the time or token budget decides
 
 TABLE_COLUMNS = (
@@ -174,6 +178,7 @@ class ModelRun:
     stop_reason: str = ""
     peak_rss_mib: float | None = None
     base_rss_mib: float | None = None
+    gradient_flow: dict[str, Any] | None = None  # GradientFlow.to_dict() on validation text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -427,6 +432,7 @@ def run_model(
         gen_tokens=gen_tokens,
         threads=config.train.threads,
     )
+    flow = measure_gradient_flow(Path(run_dir) / "best", seed=seed, threads=config.train.threads)
     return ModelRun(
         name=name,
         arch=config.model.arch,
@@ -450,7 +456,40 @@ def run_model(
         stop_reason=result.stop_reason,
         peak_rss_mib=peak_rss,
         base_rss_mib=base_rss,
+        gradient_flow=flow,
     )
+
+
+def measure_gradient_flow(
+    checkpoint: str | os.PathLike[str], *, seed: int = 0, threads: int = 0
+) -> dict[str, Any]:
+    """Gradient flow of a checkpoint on its own validation text -> ``GradientFlow.to_dict()``.
+
+    4 batches of 8 windows of :data:`GRADIENT_FLOW_WINDOW` tokens (fewer where the model's
+    context or the text is shorter), in fp32, the windows fixed by ``seed``.
+    """
+    from ..data import load_corpus
+    from ..training.checkpoint import load_checkpoint
+    from .gradient_flow import gradient_flow
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_checkpoint(checkpoint)
+        text = load_corpus(loaded.config.data).val_text
+        ids = loaded.tokenizer.encode_array(text)
+        flow = gradient_flow(
+            loaded.model.float(),
+            ids,
+            seq_len=GRADIENT_FLOW_WINDOW,
+            batch_size=8,
+            batches=4,
+            seed=seed,
+        )
+    finally:
+        torch.set_num_threads(before)
+    return flow.to_dict()
 
 
 def _best_eval(metrics_path: Path) -> dict[str, Any]:
@@ -577,6 +616,32 @@ def run_comparison(settings: CompareSettings, out_dir: str | os.PathLike[str]) -
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULTS_FILE).write_text(json.dumps(comparison.to_dict(), indent=1), encoding="utf-8")
+    write_comparison_report(comparison, out)
+    return comparison
+
+
+def refresh_comparison(out_dir: str | os.PathLike[str]) -> Comparison:
+    """Rewrite a finished comparison's report without training: read ``comparison.json``,
+    measure what it lacks from the saved checkpoints (gradient flow, for comparisons made before
+    it was measured), save the JSON and write the report again."""
+    from .compare_report import write_comparison_report
+
+    out = Path(out_dir).expanduser()
+    results = out / RESULTS_FILE
+    if not results.is_file():
+        raise ConfigError(f"{results} does not exist; run `rnn2gpt compare --out {out}` first")
+    comparison = Comparison.from_dict(json.loads(results.read_text(encoding="utf-8")))
+    threads = int(comparison.environment.get("train_threads") or 0)
+    for run in comparison.runs:
+        if run.gradient_flow is None:
+            logger.info("measuring the gradient flow of %s", run.name)
+            run_dir = out / "runs" / run.name  # where compare put it, even if OUT moved since
+            if not run_dir.is_dir():
+                run_dir = Path(run.run_dir)
+            run.gradient_flow = measure_gradient_flow(
+                run_dir / "best", seed=comparison.seed, threads=threads
+            )
+    results.write_text(json.dumps(comparison.to_dict(), indent=1), encoding="utf-8")
     write_comparison_report(comparison, out)
     return comparison
 

@@ -10,10 +10,17 @@ import os
 from pathlib import Path
 
 from .compare import CURVES_FILE, TABLE_COLUMNS, Comparison, ModelRun
-from .plots import MATPLOTLIB_HINT, matplotlib_available, plot_validation_curves
+from .plots import (
+    MATPLOTLIB_HINT,
+    matplotlib_available,
+    plot_gradient_flow,
+    plot_validation_curves,
+)
 from .report import Report
 
 TITLE = "From RNN to GPT, side by side"
+GRADIENT_FLOW_FILE = "gradient_flow.png"
+FLOW_DISTANCES = (1, 4, 16, 64, 127)  # columns of the gradient-flow table (tokens back)
 
 
 def results_rows(comparison: Comparison) -> list[list[str]]:
@@ -65,8 +72,30 @@ DETAILS_COLUMNS = (
 )
 
 
-def comparison_report(comparison: Comparison, curves_png: str | os.PathLike[str] | None) -> Report:
-    """The report's blocks; ``curves_png`` is the validation-curve plot (None: not drawn)."""
+def gradient_flow_rows(comparison: Comparison) -> list[list[str]]:
+    """Per model: the gradient norm at :data:`FLOW_DISTANCES` as a fraction of distance 0's."""
+    rows = []
+    for run in comparison.runs:
+        flow = run.gradient_flow
+        if not flow or not flow.get("norms"):
+            continue
+        norms = flow["norms"]
+        first = norms[0]
+        cells = [
+            f"{norms[d] / first:.1e}" if d < len(norms) and first > 0 else "n/a"
+            for d in FLOW_DISTANCES
+        ]
+        rows.append([run.name, f"{first:.2e}", *cells])
+    return rows
+
+
+def comparison_report(
+    comparison: Comparison,
+    curves_png: str | os.PathLike[str] | None,
+    flow_png: str | os.PathLike[str] | None = None,
+) -> Report:
+    """The report's blocks; ``curves_png``: the validation-curve plot, ``flow_png``: the
+    gradient-flow plot (None: not drawn)."""
     c = comparison
     report = Report(TITLE)
     target = (
@@ -106,6 +135,24 @@ def comparison_report(comparison: Comparison, curves_png: str | os.PathLike[str]
         report.paragraph(MATPLOTLIB_HINT + ".")
     else:
         report.paragraph("No evaluation was logged, so there is no curve to draw.")
+    flow_rows = gradient_flow_rows(c)
+    if flow_rows:
+        report.heading("Gradient flow through time")
+        windows = max((r.gradient_flow or {}).get("windows", 0) for r in c.runs)
+        report.paragraph(
+            "How much the loss at one position depends on each earlier input: the norm of "
+            "d loss / d input embedding against distance from the position whose prediction is "
+            f"scored, averaged over {windows} windows of the validation text, for each best "
+            "checkpoint. A line that falls steeply means the model cannot learn from inputs "
+            "that far back (the vanishing gradient); the table gives the norm as a fraction of "
+            "the norm at distance 0."
+        )
+        if flow_png is not None:
+            report.image(flow_png, "gradient norm against distance from the loss (log scale)")
+        report.table(
+            ("model", "norm at distance 0", *(f"distance {d}" for d in FLOW_DISTANCES)),
+            flow_rows,
+        )
     report.heading("Runs")
     report.table(DETAILS_COLUMNS, details_rows(c), numeric=False)
     report.heading("Samples")
@@ -131,7 +178,21 @@ def write_comparison_report(
         out / CURVES_FILE,
         title=f"{comparison.tokenizer}-level models, {comparison.budget}",
     )
-    return comparison_report(comparison, curves).write(out, "report")
+    flows = {
+        run.name: (run.gradient_flow["distances"], run.gradient_flow["norms"])
+        for run in comparison.runs
+        if run.gradient_flow and run.gradient_flow.get("norms")
+    }
+    flow_png = (
+        plot_gradient_flow(
+            flows,
+            out / GRADIENT_FLOW_FILE,
+            title=f"gradient flow through time, {comparison.tokenizer}-level models",
+        )
+        if flows
+        else None
+    )
+    return comparison_report(comparison, curves, flow_png).write(out, "report")
 
 
 def _fmt(value: float | None, digits: int) -> str:
