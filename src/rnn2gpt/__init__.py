@@ -44,4 +44,20 @@ def finetune(checkpoint: str, **kwargs: Any):
     return _finetune(checkpoint, **kwargs)
 
 
-__all__ = ["__version__", "finetune", "load", "train"]
+def translate(checkpoint: str, lines: list[str], **kwargs: Any) -> list[str]:
+    """Translate each line with an encoder-decoder checkpoint; see
+    :func:`rnn2gpt.tasks.translate` (mirrors ``rnn2gpt translate``)."""
+    from .tasks import translate as _translate
+
+    return _translate(checkpoint, lines, **kwargs)
+
+
+def summarize(checkpoint: str, texts: list[str], **kwargs: Any) -> list[str]:
+    """Summarize each text with an encoder-decoder checkpoint; see
+    :func:`rnn2gpt.tasks.summarize` (mirrors ``rnn2gpt summarize``)."""
+    from .tasks import summarize as _summarize
+
+    return _summarize(checkpoint, texts, **kwargs)
+
+
+__all__ = ["__version__", "finetune", "load", "summarize", "train", "translate"]

@@ -145,6 +145,24 @@ def test_trainer_early_stop_metric_reports_bleu_and_the_model_translates(trained
     assert scores["signature"].startswith("nrefs:1")
 
 
+def test_packed_runner_decodes_as_the_plain_model_and_the_top_level_api_agrees(trained_run):
+    import rnn2gpt
+    from rnn2gpt.config import GenerationConfig
+    from rnn2gpt.models.packed import PackedLinear
+    from rnn2gpt.tasks.common import decode_texts
+    from rnn2gpt.training import load_checkpoint
+
+    run_dir, _ = trained_run
+    runner = load_seq2seq(run_dir)
+    assert any(isinstance(m, PackedLinear) for m in runner.model.modules())
+    plain = load_checkpoint(run_dir / "best")
+    sources, _ = _pairs(6, 7)
+    settings = GenerationConfig(temperature=0.0, num_beams=3, max_new_tokens=20)
+    want = decode_texts(plain.model.eval(), plain.tokenizer, sources, settings)
+    assert runner.run(sources, num_beams=3, max_new_tokens=20) == want
+    assert rnn2gpt.translate(str(run_dir), sources, num_beams=3, max_new_tokens=20) == want
+
+
 def test_language_model_checkpoints_are_refused(tmp_path):
     from rnn2gpt.errors import CheckpointError
 
