@@ -192,6 +192,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model
     eval_interval: int = 250  # steps between evaluations
+    # Also evaluate once this many seconds of training passed since the last evaluation (0 =
+    # off): evenly spaced curve points for time-budgeted runs whose step count is unknown.
+    eval_interval_seconds: float = 0.0
     eval_batches: int = 20  # batches per evaluation; 0 = the whole validation set
     patience: int = 0  # stop after this many evaluations without improvement; 0 = off
     log_interval: int = 10
@@ -227,6 +230,11 @@ class TrainConfig:
         for name in ("batch_size", "seq_len", "grad_accum", "eval_interval", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1 (got {getattr(self, name)})")
+        if self.eval_interval_seconds < 0:
+            raise ConfigError(
+                f"train.eval_interval_seconds must be 0 (off) or positive "
+                f"(got {self.eval_interval_seconds})"
+            )
         if self.max_steps < 1 and self.max_time <= 0 and self.max_tokens <= 0:
             raise ConfigError(
                 "set a training budget: train.max_steps, train.max_time or train.max_tokens"

@@ -93,6 +93,19 @@ def test_configs_share_the_budget_and_match_sizes(corpus, tiny_overrides):
     assert configs["rnn"].train.lr != configs["gru"].train.lr
 
 
+def test_time_budgets_evaluate_every_tenth_of_the_budget(corpus, tiny_overrides):
+    settings = CompareSettings(data=str(corpus), budget_seconds=300, overrides=tiny_overrides)
+    configs, _, _ = build_configs(settings)
+    for config in configs.values():
+        assert config.train.max_time == 300 and config.train.eval_interval_seconds == 30
+        assert config.train.eval_interval >= 10**9  # evenly spaced in time, not in steps
+    own = CompareSettings(
+        data=str(corpus), budget_seconds=300, overrides=(*tiny_overrides, "train.eval_interval=7")
+    )
+    for config in build_configs(own)[0].values():
+        assert config.train.eval_interval == 7 and config.train.eval_interval_seconds == 0
+
+
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="unknown model"):
         CompareSettings(models=("rnn", "transformer")).validate()

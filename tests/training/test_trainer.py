@@ -156,6 +156,32 @@ def test_early_stopping(tmp_path, make_run_config, monkeypatch):
     assert load_checkpoint(tmp_path / "run" / "best").trainer_state["step"] == 2
 
 
+def test_evaluations_every_n_seconds_of_training(tmp_path, make_run_config, monkeypatch):
+    import types
+
+    import rnn2gpt.training.trainer as trainer_module
+
+    clock = [0.0]
+
+    def fake_perf_counter() -> float:  # every reading of the clock is 1 s later
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(
+        trainer_module, "time", types.SimpleNamespace(perf_counter=fake_perf_counter)
+    )
+    config = make_run_config("gpt", max_steps=40, eval_interval=10**6, eval_interval_seconds=9.5)
+    train(config, tmp_path / "run")
+    evals = events(tmp_path / "run", "eval")
+    steps = [e["step"] for e in evals]
+    assert len(steps) >= 3 and steps == sorted(set(steps))
+    gaps = [b["elapsed"] - a["elapsed"] for a, b in zip(evals, evals[1:])]
+    # Each gap holds at least 9.5 s of training and less than two intervals: evenly spaced.
+    assert all(9.5 <= gap < 19.0 for gap in gaps[:-1]), gaps
+    assert len({b - a for a, b in zip(steps[:-2], steps[1:-1])}) == 1, steps
+    assert steps[-1] == 40  # and the run's final evaluation
+
+
 def test_token_budget_accumulation_and_test_set(tmp_path, make_run_config, corpus):
     test_file = tmp_path / "test.txt"
     test_file.write_text("the cat sat on the mat.\nthe dog ran after the cat.\n" * 3)

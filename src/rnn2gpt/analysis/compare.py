@@ -60,6 +60,7 @@ REFERENCE_ARCH = "gpt"  # the default parameter target is this preset's size
 RESULTS_FILE = "comparison.json"
 CURVES_FILE = "val_loss.png"
 DEFAULT_BUDGET_SECONDS = 300.0
+CURVE_POINTS = 10  # evaluations per run, for the validation curves
 GRADIENT_FLOW_WINDOW = 128  # tokens back from the loss (capped at a model's context)
 HUGE_STEPS = 10**9  # "no step limit": the time or token budget decides
 
@@ -369,13 +370,21 @@ def _sets_size(overrides: Sequence[str]) -> bool:
 def _with_eval_interval(
     config: RunConfig, settings: CompareSettings, overrides: Sequence[str]
 ) -> RunConfig:
-    """With a token budget, about 10 evaluations per run (the curves need points), unless the
-    user set ``train.eval_interval``. A time budget keeps the preset's interval."""
-    if settings.budget_tokens is None or "train.eval_interval" in _override_keys(overrides):
+    """About :data:`CURVE_POINTS` evaluations per run (the curves need points), unless the user
+    set ``train.eval_interval`` or ``train.eval_interval_seconds``: with a token budget every
+    budget/10 tokens, with a time budget every budget/10 seconds of training."""
+    keys = _override_keys(overrides)
+    if keys & {"train.eval_interval", "train.eval_interval_seconds"}:
         return config
+    if settings.budget_tokens is None:
+        return config.with_values(
+            "train",
+            eval_interval=HUGE_STEPS,
+            eval_interval_seconds=settings.seconds / CURVE_POINTS,
+        )
     tc = config.train
     steps = max(1, settings.budget_tokens // (tc.batch_size * tc.seq_len * tc.grad_accum))
-    interval = max(1, steps // 10)
+    interval = max(1, steps // CURVE_POINTS)
     return config.with_values(
         "train", eval_interval=interval, log_interval=min(tc.log_interval, interval)
     )

@@ -178,6 +178,7 @@ class _Progress:
     best_step: int | None = None
     evals_without_improvement: int = 0
     last_eval_step: int = -1
+    last_eval_train_seconds: float = 0.0  # train_seconds at the last evaluation
     last_metrics: dict[str, Any] = field(default_factory=dict)
     best_metric: float | None = None  # train.early_stop_metric's best value (BLEU/ROUGE runs)
 
@@ -480,10 +481,16 @@ class _Run:
                     # The interrupt Event is consulted exactly once per step.
                     asked = sigint.is_set() or (interrupt is not None and interrupt.is_set())
                     stop_reason = self._budget_reason()
+                    eval_due = (
+                        tc.eval_interval_seconds > 0
+                        and p.train_seconds - p.last_eval_train_seconds >= tc.eval_interval_seconds
+                    )
                     if ctx.enabled:
                         # Clocks and signals differ between ranks: agree, or one rank would
                         # wait forever in the next all-reduce.
-                        asked, time_up = any_rank([asked, stop_reason == "max_time"], ctx)
+                        asked, time_up, eval_due = any_rank(
+                            [asked, stop_reason == "max_time", eval_due], ctx
+                        )
                         if time_up and not stop_reason:
                             stop_reason = "max_time"
                     if asked:
@@ -506,7 +513,7 @@ class _Run:
                         p.train_seconds = p.elapsed - eval_seconds
                         self._log_train(interval_start, metrics_file, bar)
                         interval_start = (now, p.tokens, p.train_seconds)
-                    if p.step % tc.eval_interval == 0:
+                    if p.step % tc.eval_interval == 0 or eval_due:
                         t0 = time.perf_counter()
                         p.elapsed = t0 - start
                         p.train_seconds = p.elapsed - eval_seconds
@@ -759,6 +766,7 @@ class _Run:
         else:
             p.evals_without_improvement += 1
         p.last_eval_step = p.step
+        p.last_eval_train_seconds = p.train_seconds
         p.last_metrics.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"})
         p.last_metrics.update({f"val_{k}": v for k, v in task_metrics.items()})
         if improved:
