@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from rnn2gpt.config import ModelConfig
@@ -55,3 +58,19 @@ def train_pairs(model, task: str, steps: int, *, batch: int = 32, lr: float = 3e
         optimizer.step()
     model.eval()
     return float(loss.detach())
+
+
+def write_parallel_files(
+    folder: Path,
+    make_pairs: Callable[[int, int], tuple[list[str], list[str]]],
+    splits: tuple[tuple[str, int, int], ...],
+) -> dict[str, Path]:
+    """Write ``{split}.src`` / ``{split}.tgt`` line files of ``make_pairs(count, seed)`` for each
+    ``(split, count, seed)``; -> {"train.src": path, ...}."""
+    files = {}
+    for split, count, seed in splits:
+        for side, lines in zip(("src", "tgt"), make_pairs(count, seed)):
+            path = folder / f"{split}.{side}"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            files[f"{split}.{side}"] = path
+    return files

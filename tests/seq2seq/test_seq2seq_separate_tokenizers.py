@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+from seq2seq_helpers import write_parallel_files
 
 from rnn2gpt.cli import _seq2seq_train_overrides, build_parser, main
 from rnn2gpt.config import ModelConfig, RunConfig
@@ -48,12 +49,12 @@ def _pairs(count: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def _config(folder, **train) -> RunConfig:
-    files = {}
-    for split, count, seed in (("train", 240, 0), ("val", 16, 1)):
-        for side, lines in zip(("src", "tgt"), _pairs(count, seed)):
-            path = folder / f"{split}.{side}"
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            files[f"{split}.{side}"] = str(path)
+    files = {
+        key: str(path)
+        for key, path in write_parallel_files(
+            folder, _pairs, (("train", 240, 0), ("val", 16, 1))
+        ).items()
+    }
     values = dict(
         task="translation",
         batch_size=16,

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from seq2seq_helpers import write_parallel_files
 
 from rnn2gpt.config import RunConfig
 from rnn2gpt.errors import ConfigError
@@ -30,14 +31,7 @@ def _pairs(count: int, seed: int) -> tuple[list[str], list[str]]:
 
 @pytest.fixture
 def parallel_files(tmp_path):
-    files = {}
-    for split, count, seed in (("train", 300, 0), ("val", 24, 1)):
-        sources, targets = _pairs(count, seed)
-        for side, lines in (("src", sources), ("tgt", targets)):
-            path = tmp_path / f"{split}.{side}"
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            files[f"{split}.{side}"] = path
-    return files
+    return write_parallel_files(tmp_path, _pairs, (("train", 300, 0), ("val", 24, 1)))
 
 
 def _config(tmp_path, files, arch: str = "transformer", **train) -> RunConfig:
@@ -109,13 +103,7 @@ def test_trainer_resume_is_exact_for_a_seq2seq_run(tmp_path, parallel_files):
 def trained_run(tmp_path_factory):
     """A GRU+attention model trained long enough to reverse colour words (shared below)."""
     tmp_path = tmp_path_factory.mktemp("seq2seq_run")
-    files = {}
-    for split, count, seed in (("train", 300, 0), ("val", 24, 1)):
-        sources, targets = _pairs(count, seed)
-        for side, lines in (("src", sources), ("tgt", targets)):
-            path = tmp_path / f"{split}.{side}"
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            files[f"{split}.{side}"] = path
+    files = write_parallel_files(tmp_path, _pairs, (("train", 300, 0), ("val", 24, 1)))
     config = _config(
         tmp_path,
         files,
