@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import Rnn2GptError
+from .errors import ConfigError, Rnn2GptError
 
 if TYPE_CHECKING:
     from .analysis.compare import CompareSettings
@@ -464,8 +464,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .analysis.compare import TABLE_COLUMNS, refresh_comparison, run_comparison
     from .analysis.compare_report import results_rows
 
+    if args.retime and not args.report_only:
+        raise ConfigError("--retime times a finished comparison again; add --report-only")
     if args.report_only:
-        comparison = refresh_comparison(args.out)
+        comparison = refresh_comparison(args.out, retime=args.retime)
     else:
         comparison = run_comparison(_compare_settings(args), args.out)
     print(_text_table(TABLE_COLUMNS, results_rows(comparison)))
@@ -889,6 +891,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: rewrite the report of the comparison in --out from its saved "
         "results and checkpoints",
+    )
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="with --report-only: time every model's generation again",
     )
     p.add_argument(
         "--set",

@@ -183,12 +183,15 @@ def test_compare_command_reports_all_four_architectures(tmp_path, corpus, tiny_o
         arch: (out / "runs" / arch / "metrics.jsonl").stat().st_mtime for arch in runs_of(data)
     }
     capsys.readouterr()
-    assert main(["-q", "compare", "--out", str(out), "--report-only"]) == 0
+    assert main(["-q", "compare", "--out", str(out), "--report-only", "--retime"]) == 0
     printed = capsys.readouterr().out
     assert all(column in printed for column in TABLE_COLUMNS), printed
     again = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     for before, after in zip(runs, again["runs"]):
         assert after["gradient_flow"] == before.gradient_flow  # same windows, same numbers
+        assert after["sample"] == before.sample  # same seed, same text
+        assert after["gen_seconds"] != before.gen_seconds and after["gen_tokens"] == 12
+        assert after["gen_tokens_per_sec"] == pytest.approx(12 / after["gen_seconds"])
     assert "## Gradient flow through time" in (out / "report.md").read_text(encoding="utf-8")
     assert (out / "gradient_flow.png").is_file()
     for arch, mtime in mtimes.items():  # nothing was trained again
@@ -203,6 +206,8 @@ def test_report_only_needs_a_finished_comparison(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path / "none"), "--report-only"]) == 2
     err = capsys.readouterr().err
     assert "comparison.json does not exist" in err and "Traceback" not in err
+    assert main(["compare", "--out", str(tmp_path / "none"), "--retime"]) == 2
+    assert "add --report-only" in capsys.readouterr().err
 
 
 def test_worker_process_measures_peak_memory(tmp_path, corpus, tiny_overrides):

@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ REFERENCE_ARCH = "gpt"  # the default parameter target is this preset's size
 RESULTS_FILE = "comparison.json"
 CURVES_FILE = "val_loss.png"
 DEFAULT_BUDGET_SECONDS = 300.0
+GENERATION_REPEATS = 3  # generation timings per model (median): one is at the mercy of the host
 CURVE_POINTS = 10  # evaluations per run, for the validation curves
 GRADIENT_FLOW_WINDOW = 128  # tokens back from the loss (capped at a model's context)
 HUGE_STEPS = 10**9  # "no step limit": the time or token budget decides
@@ -515,13 +517,16 @@ def _best_eval(metrics_path: Path) -> dict[str, Any]:
 def _time_generation(
     checkpoint: Path, *, prompt: str, seed: int, gen_tokens: int, threads: int
 ) -> tuple[float, int, str]:
-    """(seconds, new tokens, prompt + sample) for ``gen_tokens`` tokens at batch 1."""
+    """(seconds, new tokens, prompt + sample) for ``gen_tokens`` tokens at batch 1: the median
+    of :data:`GENERATION_REPEATS` runs of the same seeded generation, with the model prepared as
+    :func:`rnn2gpt.load` prepares it."""
     from ..generation import generate
+    from ..models.base import use_inference_layout
     from ..tokenizers.base import encode_prompt
     from ..training import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
+    model, tokenizer = use_inference_layout(ckpt.model.eval()), ckpt.tokenizer
     ids = encode_prompt(tokenizer, prompt)
     config = replace(
         ckpt.config.generate,
@@ -540,9 +545,12 @@ def _time_generation(
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         # Warm-up: first calls pay for lazy initialisation that is no part of decoding speed.
         generate(model, [ids], replace(config, max_new_tokens=4), tokenizer=tokenizer, pad_id=pad)
-        start = time.perf_counter()
-        (result,) = generate(model, [ids], config, tokenizer=tokenizer, pad_id=pad)
-        seconds = time.perf_counter() - start
+        timings = []
+        for _ in range(GENERATION_REPEATS):
+            start = time.perf_counter()
+            (result,) = generate(model, [ids], config, tokenizer=tokenizer, pad_id=pad)
+            timings.append(time.perf_counter() - start)
+        seconds = statistics.median(timings)
     finally:
         torch.set_num_threads(before)
     generation = result[0]
@@ -629,10 +637,11 @@ def run_comparison(settings: CompareSettings, out_dir: str | os.PathLike[str]) -
     return comparison
 
 
-def refresh_comparison(out_dir: str | os.PathLike[str]) -> Comparison:
+def refresh_comparison(out_dir: str | os.PathLike[str], *, retime: bool = False) -> Comparison:
     """Rewrite a finished comparison's report without training: read ``comparison.json``,
     measure what it lacks from the saved checkpoints (gradient flow, for comparisons made before
-    it was measured), save the JSON and write the report again."""
+    it was measured), with ``retime`` time every model's generation again (on a quieter
+    machine, say), save the JSON and write the report again."""
     from .compare_report import write_comparison_report
 
     out = Path(out_dir).expanduser()
@@ -642,14 +651,24 @@ def refresh_comparison(out_dir: str | os.PathLike[str]) -> Comparison:
     comparison = Comparison.from_dict(json.loads(results.read_text(encoding="utf-8")))
     threads = int(comparison.environment.get("train_threads") or 0)
     for run in comparison.runs:
+        run_dir = out / "runs" / run.name  # where compare put it, even if OUT moved since
+        if not run_dir.is_dir():
+            run_dir = Path(run.run_dir)
         if run.gradient_flow is None:
             logger.info("measuring the gradient flow of %s", run.name)
-            run_dir = out / "runs" / run.name  # where compare put it, even if OUT moved since
-            if not run_dir.is_dir():
-                run_dir = Path(run.run_dir)
             run.gradient_flow = measure_gradient_flow(
                 run_dir / "best", seed=comparison.seed, threads=threads
             )
+        if retime:
+            logger.info("timing the generation of %s", run.name)
+            run.gen_seconds, run.gen_tokens, run.sample = _time_generation(
+                run_dir / "best",
+                prompt=comparison.prompt,
+                seed=comparison.seed,
+                gen_tokens=run.gen_tokens,
+                threads=threads,
+            )
+            run.gen_tokens_per_sec = run.gen_tokens / run.gen_seconds if run.gen_seconds else 0.0
     results.write_text(json.dumps(comparison.to_dict(), indent=1), encoding="utf-8")
     write_comparison_report(comparison, out)
     return comparison
