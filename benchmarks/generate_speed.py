@@ -101,9 +101,11 @@ def theirs(hf, prompt_tensor, new_tokens=NEW_TOKENS):
         )
 
 
-def bench_gpt(repeats: int) -> list[dict]:
+def bench_gpt(repeats: int, shapes: str = "ab") -> list[dict]:
     rows = []
     for name, cfg in GPT_SHAPES.items():
+        if name[0] not in shapes:
+            continue
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         hf = to_hf(model)
@@ -182,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shapes", default="ab", help="GPT shapes to run: a, b or ab")
+    parser.add_argument("--no-recurrent", action="store_true", help="skip the RNN/LSTM/GRU table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 5
@@ -194,8 +198,9 @@ def main() -> None:
         "tok/s | bf16 / HF fp32 | fp32 b1 of bandwidth roofline | same greedy tokens | n |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    bench_gpt(repeats)
-    bench_recurrent(repeats)
+    bench_gpt(repeats, args.shapes)
+    if not args.no_recurrent:
+        bench_recurrent(repeats)
 
 
 if __name__ == "__main__":

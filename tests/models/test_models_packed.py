@@ -16,6 +16,21 @@ from rnn2gpt.models.base import use_inference_layout
 from rnn2gpt.models.packed import PackedLinear, pack_linear_layers, packed_linear_supported
 
 
+@pytest.fixture(autouse=True)
+def pack_small_layers(monkeypatch):
+    """These tests use tiny layers; pack them all (the default spares layers this small)."""
+    monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)
+
+
+def test_small_layers_stay_plain_by_default(monkeypatch):
+    monkeypatch.undo()  # the module's own threshold
+    small = nn.Linear(128, 512)  # nanoGPT's MLP: per-call overhead would outweigh the gain
+    large = nn.Linear(768, 768)
+    pack_linear_layers(nn.Sequential(small, large))
+    assert type(small) is nn.Linear
+    assert type(large) is PackedLinear
+
+
 def _count_packed_calls(monkeypatch) -> list[int]:
     calls = [0]
     original = packed._packed_linear

@@ -100,3 +100,18 @@ def test_state_is_frozen_and_shaped(make_model) -> None:
     assert make_model(arch="gru").new_state(4).c is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.h = torch.zeros(1)  # type: ignore[misc]
+
+
+@torch.no_grad()
+def test_short_lstm_calls_use_the_native_kernel_with_the_same_results(make_model) -> None:
+    from rnn2gpt.models import rnn
+
+    model = make_model(arch="lstm").eval()
+    tokens = torch.randint(0, model.config.vocab_size, (2, rnn._ONEDNN_LSTM_MIN_STEPS + 8))
+    whole, _ = model(tokens)  # long enough for the oneDNN kernel
+    state, steps = None, []
+    for t in range(tokens.shape[1]):  # one step at a time: the native kernel
+        logits, state = model(tokens[:, t : t + 1], state)
+        steps.append(logits)
+        assert torch._C._get_mkldnn_enabled()  # the global switch is put back every time
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-5, rtol=1e-5)

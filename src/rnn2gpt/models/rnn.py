@@ -26,6 +26,10 @@ from .base import Recorder, count_parameters, register_model
 from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
 
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# On CPU, PyTorch runs nn.LSTM through oneDNN, which builds its kernel on every call: 4-5x slower
+# than PyTorch's native kernel for one decoding step (measured, 2 layers x 408: 2.16 vs 0.41 ms),
+# though 25% faster over long training sequences. Calls shorter than this use the native one.
+_ONEDNN_LSTM_MIN_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,17 @@ class RecurrentLM(nn.Module):
                 mask=mask,
                 recorder=recorder,
             )
+        if (
+            isinstance(self.rnn, nn.LSTM)
+            and x.shape[1] < _ONEDNN_LSTM_MIN_STEPS
+            and x.device.type == "cpu"
+            and torch._C._get_mkldnn_enabled()
+        ):
+            torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)
+            try:
+                return self.rnn(x, hx)
+            finally:
+                torch.backends.mkldnn.set_flags(_enabled=True, _fp32_precision=None)
         return self.rnn(x, hx)
 
     def _recur_packed(
