@@ -168,7 +168,9 @@ def test_recurrent_decoder_adapter():
     before = _logits(model, tokens)
     assert apply_lora(model, rank=2, alpha=2, targets=["decoder"]) == ["decoder"]
     assert model.num_parameters(trainable_only=True) == 2 * (8 + VOCAB)
-    assert torch.equal(_logits(model, tokens), before)
+    # Within rounding, not bitwise: PyTorch's native LSTM kernel takes another (equal) path once
+    # its weights are frozen, which moves the last bit (measured 7e-9).
+    torch.testing.assert_close(_logits(model, tokens), before, atol=1e-6, rtol=0)
 
 
 def test_errors():
