@@ -143,3 +143,12 @@ def test_packed_gpt_generates_the_same_greedy_tokens():
     want = [r[0].token_ids for r in generate(reference, prompts, settings)]
     got = [r[0].token_ids for r in generate(fast, prompts, settings)]
     assert got == want
+
+
+def test_layers_made_under_inference_mode_pack_and_run():
+    with torch.inference_mode():  # e.g. a checkpoint loaded inside inference_mode
+        layer = nn.Linear(16, 24)
+        x = torch.randn(4, 16)
+        pack_linear_layers(layer)
+        assert type(layer) is PackedLinear
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))

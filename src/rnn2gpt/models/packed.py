@@ -114,11 +114,19 @@ class PackedLinear(nn.Linear):
     def _current_packed(self) -> torch.Tensor:
         """The packed weight, rebuilt if the weight was replaced, cast or edited in place."""
         weight = self.weight
-        key = (weight.data_ptr(), weight.dtype, weight._version, tuple(weight.shape))
+        key = (weight.data_ptr(), weight.dtype, _version(weight), tuple(weight.shape))
         if self._packed is None or self._packed_key != key:
             self._packed = _pack(weight)
             self._packed_key = key
         return self._packed
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place edit counter; -1 for tensors made under ``torch.inference_mode()``, which
+    keep none (a checkpoint loaded there)."""
+    if tensor.is_inference():
+        return -1
+    return tensor._version
 
 
 def pack_linear_layers(model: nn.Module) -> nn.Module:
