@@ -208,6 +208,12 @@ def test_report_only_needs_a_finished_comparison(tmp_path, capsys):
     assert "comparison.json does not exist" in err and "Traceback" not in err
     assert main(["compare", "--out", str(tmp_path / "none"), "--retime"]) == 2
     assert "add --report-only" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "comparison.json").write_text("{not json", encoding="utf-8")
+    assert main(["compare", "--out", str(broken), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a comparison written by" in err and "Traceback" not in err
 
 
 def test_worker_process_measures_peak_memory(tmp_path, corpus, tiny_overrides):

@@ -648,7 +648,13 @@ def refresh_comparison(out_dir: str | os.PathLike[str], *, retime: bool = False)
     results = out / RESULTS_FILE
     if not results.is_file():
         raise ConfigError(f"{results} does not exist; run `rnn2gpt compare --out {out}` first")
-    comparison = Comparison.from_dict(json.loads(results.read_text(encoding="utf-8")))
+    try:
+        comparison = Comparison.from_dict(json.loads(results.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(
+            f"{results} is not a comparison written by `rnn2gpt compare` ({exc}); run the "
+            "comparison again"
+        ) from None
     threads = int(comparison.environment.get("train_threads") or 0)
     for run in comparison.runs:
         run_dir = out / "runs" / run.name  # where compare put it, even if OUT moved since
