@@ -53,7 +53,7 @@ def _train_base(tmp: Path, arch: str, steps: int = 12) -> Path:
         "--max-steps",
         str(steps),
         "--seed",
-        "3",
+        str(3 + int(os.environ.get("RNN2GPT_TEST_SEED", "0"))),  # see the learning_seed fixture
     ]
     settings = TINY[arch] + [
         "train.batch_size=4",
@@ -101,7 +101,7 @@ def _tokens(checkpoint: Path) -> torch.Tensor:
 
 
 def test_full_finetune_from_cli_lowers_loss_on_new_text(
-    base_gpt, new_text, tmp_path, capsys, monkeypatch
+    base_gpt, new_text, tmp_path, capsys, monkeypatch, learning_seed
 ):
     monkeypatch.chdir(tmp_path)  # the default output folder is relative: runs/<name>-finetuned
     before = _loss_on(base_gpt / "best", NEW_TEXT)
@@ -112,6 +112,8 @@ def test_full_finetune_from_cli_lowers_loss_on_new_text(
         str(new_text),
         "--max-steps",
         "24",
+        "--seed",
+        str(learning_seed),
         "--set",
         "train.lr=3e-3",
     ]

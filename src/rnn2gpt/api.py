@@ -382,3 +382,43 @@ def export_hf(
     return convert(
         resolve_checkpoint_dir(checkpoint), dest, overwrite=overwrite, weights_only=weights_only
     )
+
+
+# ---------------------------------------------------------------------- the machine
+
+
+def doctor_report(bench_seconds: float | None = 10.0) -> dict[str, Any]:
+    """What this machine offers and which paths ``train`` and ``generate`` will take, and why.
+
+    ``bench_seconds``: how long to measure matmul GFLOP/s and weight-read GB/s
+    (:func:`rnn2gpt.hardware.measure_throughput`); None skips the measurement (``bench`` is
+    then None). Mirrors ``rnn2gpt doctor --json``.
+    """
+    from . import hardware
+    from .models.base import decoding_paths
+    from .training.precision import precision_choice
+
+    choice = precision_choice("auto", "cpu")
+    return {
+        "cpu": {
+            "model": hardware.cpu_model(),
+            "features": hardware.cpu_features(),
+            "capability": hardware.cpu_capability(),
+            "onednn_isa_cap": hardware.onednn_isa_cap(),
+        },
+        "torch": {
+            "version": str(torch.__version__),
+            "onednn": bool(torch.backends.mkldnn.is_available()),
+            "threads": int(torch.get_num_threads()),
+        },
+        "fastpaths": hardware.fastpaths_mode(),
+        "train": {
+            "precision": "bf16" if choice.dtype is not None else "fp32",
+            "precision_reason": choice.reason,
+            "bf16_autocast_speedup": (
+                hardware.bf16_autocast_speedup() if hardware.cpu_has_fast_bf16() else None
+            ),
+        },
+        "generate": decoding_paths(),
+        "bench": None if bench_seconds is None else hardware.measure_throughput(bench_seconds),
+    }

@@ -1,4 +1,5 @@
-"""use_inference_layout: a different memory layout, the same model."""
+"""use_inference_layout: a different memory layout, the same model (a fast path: these tests run
+with RNN2GPT_FASTPATHS=auto; the switched-off case is in test_models_packed.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rnn2gpt.models import build_model
 from rnn2gpt.models.base import use_inference_layout
 
 
-def test_layout_changes_storage_not_values_or_results():
+def test_layout_changes_storage_not_values_or_results(fastpaths_auto):
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(arch="gpt", vocab_size=40, n_layer=2, n_head=2, n_embd=16, block_size=16)
@@ -31,7 +32,7 @@ def test_layout_changes_storage_not_values_or_results():
     assert torch.allclose(after, before, atol=1e-6)
 
 
-def test_bf16_and_recurrent_weights_keep_their_layout():
+def test_bf16_and_recurrent_weights_keep_their_layout(fastpaths_auto):
     model = build_model(ModelConfig(arch="lstm", vocab_size=30, n_layer=1, n_embd=8))
     use_inference_layout(model)
     assert model.decoder.weight.is_contiguous() is False  # nn.Linear decoder, fp32: re-laid

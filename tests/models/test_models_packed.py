@@ -1,4 +1,8 @@
-"""PackedLinear: the same layer and results as nn.Linear, with a packed weight for decoding."""
+"""PackedLinear: the same layer and results as nn.Linear, with a packed weight for decoding.
+
+The packed path is tested where this CPU and build can pack (the probe says so); the plain
+nn.Linear fallback, and the probe agreeing with the path taken, are tested everywhere.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +21,14 @@ from rnn2gpt.models.packed import PackedLinear, pack_linear_layers, packed_linea
 
 
 @pytest.fixture(autouse=True)
-def pack_small_layers(monkeypatch):
+def pack_small_layers(monkeypatch, fastpaths_auto):
     """These tests use tiny layers; pack them all (the default spares layers this small)."""
     monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)
 
 
-def test_small_layers_stay_plain_by_default(monkeypatch):
-    monkeypatch.undo()  # the module's own threshold
-    small = nn.Linear(128, 512)  # nanoGPT's MLP: per-call overhead would outweigh the gain
-    large = nn.Linear(768, 768)
-    pack_linear_layers(nn.Sequential(small, large))
-    assert type(small) is nn.Linear
-    assert type(large) is PackedLinear
-
-
 def _count_packed_calls(monkeypatch) -> list[int]:
+    for dtype in (torch.float32, torch.bfloat16):
+        packed_linear_supported(dtype)  # the probe's own example call is not counted
     calls = [0]
     original = packed._packed_linear
 
@@ -43,16 +40,59 @@ def _count_packed_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_supported_wherever_pytorch_has_onednn():
-    # x86 and arm64 CPU wheels ship oneDNN; there the probe must find the operators working.
-    for dtype in (torch.float32, torch.bfloat16):
-        assert packed_linear_supported(dtype) == torch.backends.mkldnn.is_available()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_probe_and_the_path_taken_agree(monkeypatch, dtype):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96).to(dtype)
+    x = torch.randn(4, 64).to(dtype)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    calls = _count_packed_calls(monkeypatch)
+    pack_linear_layers(layer)
+    with torch.no_grad():
+        got = layer(x)
+    supported = packed_linear_supported(dtype)
+    assert (type(layer) is PackedLinear) == supported
+    assert calls[0] == int(supported)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_the_probe_answers_for_dtypes_it_cannot_pack():
     assert not packed_linear_supported(torch.float16)
+    assert not packed_linear_supported(torch.int64)
+
+
+def test_fastpaths_off_packs_nothing_and_keeps_the_layout(monkeypatch):
+    monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(arch="gpt", vocab_size=40, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    ).eval()
+    tokens = torch.randint(0, 40, (2, 6))
+    with torch.no_grad():
+        before, _ = model(tokens)
+    use_inference_layout(model)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert all(p.is_contiguous() for p in model.parameters())  # no column-major layout either
+    with torch.no_grad():
+        after, _ = model(tokens)
+    assert torch.equal(after, before)
+
+
+def test_small_layers_stay_plain_by_default(monkeypatch, require_packing):
+    require_packing(torch.float32)
+    monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1 << 18)  # the module's own threshold
+    small = nn.Linear(128, 512)  # nanoGPT's MLP: per-call overhead would outweigh the gain
+    large = nn.Linear(768, 768)
+    pack_linear_layers(nn.Sequential(small, large))
+    assert type(small) is nn.Linear
+    assert type(large) is PackedLinear
 
 
 @pytest.mark.parametrize("shape", [(1, 48), (8, 48), (2, 5, 48)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_equals_linear_in_fp32(monkeypatch, shape, bias):
+def test_equals_linear_in_fp32(monkeypatch, require_packing, shape, bias):
+    require_packing(torch.float32)
     torch.manual_seed(0)
     layer = nn.Linear(48, 80, bias=bias)
     x = torch.randn(*shape)
@@ -68,7 +108,8 @@ def test_equals_linear_in_fp32(monkeypatch, shape, bias):
     assert calls[0] == 1
 
 
-def test_one_fp32_row_through_a_vocabulary_sized_matrix_keeps_linear(monkeypatch):
+def test_one_fp32_row_through_a_vocabulary_sized_matrix_keeps_linear(monkeypatch, require_packing):
+    require_packing(torch.float32)
     layer = nn.Linear(8, packed._FP32_SINGLE_ROW_PACKED_MAX_OUT + 1, bias=False)
     calls = _count_packed_calls(monkeypatch)
     pack_linear_layers(layer)
@@ -81,7 +122,8 @@ def test_one_fp32_row_through_a_vocabulary_sized_matrix_keeps_linear(monkeypatch
 
 
 @pytest.mark.parametrize("rows", [1, 8])
-def test_equals_linear_in_bf16(monkeypatch, rows):
+def test_equals_linear_in_bf16(monkeypatch, require_packing, rows):
+    require_packing(torch.bfloat16)
     torch.manual_seed(0)
     layer = nn.Linear(64, 96).to(torch.bfloat16)
     x = torch.randn(rows, 64).to(torch.bfloat16)
@@ -95,7 +137,23 @@ def test_equals_linear_in_bf16(monkeypatch, rows):
     assert calls[0] == 1
 
 
-def test_autograd_takes_the_plain_path_and_trains(monkeypatch):
+@pytest.mark.parametrize("rows", [1, 8])
+def test_bf16_layers_the_probe_refuses_stay_plain_and_agree(monkeypatch, rows):
+    # The fallback of the bf16 path, tested on every CPU: a probe that says no leaves nn.Linear.
+    monkeypatch.setattr(packed, "packed_linear_supported", lambda dtype: False)
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(rows, 64).to(torch.bfloat16)
+    pack_linear_layers(layer)
+    assert type(layer) is nn.Linear
+    with torch.no_grad():
+        got = layer(x)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.02)
+
+
+def test_autograd_takes_the_plain_path_and_trains(monkeypatch, require_packing):
+    require_packing(torch.float32)
     torch.manual_seed(0)
     layer = pack_linear_layers(nn.Linear(8, 4))
     calls = _count_packed_calls(monkeypatch)
@@ -105,7 +163,9 @@ def test_autograd_takes_the_plain_path_and_trains(monkeypatch):
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
-def test_repacks_after_in_place_edit_and_cast():
+def test_repacks_after_in_place_edit_and_cast(require_packing):
+    require_packing(torch.float32)
+    require_packing(torch.bfloat16)
     torch.manual_seed(0)
     layer = pack_linear_layers(nn.Linear(16, 24))
     x = torch.randn(4, 16)
@@ -120,7 +180,8 @@ def test_repacks_after_in_place_edit_and_cast():
     )
 
 
-def test_copies_and_state_dict_are_those_of_linear():
+def test_copies_and_state_dict_are_those_of_linear(require_packing):
+    require_packing(torch.float32)
     layer = pack_linear_layers(nn.Linear(6, 3))
     clone = copy.deepcopy(layer)
     assert clone._packed is None  # rebuilt on first use
@@ -130,7 +191,8 @@ def test_copies_and_state_dict_are_those_of_linear():
     assert set(layer.state_dict()) == {"weight", "bias"}
 
 
-def test_packed_gpt_generates_the_same_greedy_tokens():
+def test_packed_gpt_generates_the_same_greedy_tokens(require_packing):
+    require_packing(torch.float32)
     torch.manual_seed(0)
     config = ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=64)
     reference = build_model(config).eval()
@@ -145,7 +207,8 @@ def test_packed_gpt_generates_the_same_greedy_tokens():
     assert got == want
 
 
-def test_layers_made_under_inference_mode_pack_and_run():
+def test_layers_made_under_inference_mode_pack_and_run(require_packing):
+    require_packing(torch.float32)
     with torch.inference_mode():  # e.g. a checkpoint loaded inside inference_mode
         layer = nn.Linear(16, 24)
         x = torch.randn(4, 16)

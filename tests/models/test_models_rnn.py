@@ -103,15 +103,44 @@ def test_state_is_frozen_and_shaped(make_model) -> None:
 
 
 @torch.no_grad()
-def test_short_lstm_calls_use_the_native_kernel_with_the_same_results(make_model) -> None:
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_short_lstm_calls_take_cell_steps_with_the_same_results(make_model, monkeypatch, mode):
     from rnn2gpt.models import rnn
+    from rnn2gpt.models.base import SHORT_LSTM_CALL_STEPS
 
+    monkeypatch.setenv("RNN2GPT_FASTPATHS", mode)
+    calls = [0]
+    original = rnn.lstm_by_cell_steps
+
+    def spy(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(rnn, "lstm_by_cell_steps", spy)
     model = make_model(arch="lstm").eval()
-    tokens = torch.randint(0, model.config.vocab_size, (2, rnn._ONEDNN_LSTM_MIN_STEPS + 8))
-    whole, _ = model(tokens)  # long enough for the oneDNN kernel
+    tokens = torch.randint(0, model.config.vocab_size, (2, SHORT_LSTM_CALL_STEPS + 8))
+    whole, _ = model(tokens)  # long enough for nn.LSTM (oneDNN where PyTorch picks it)
+    assert calls[0] == 0
     state, steps = None, []
-    for t in range(tokens.shape[1]):  # one step at a time: the native kernel
+    for t in range(tokens.shape[1]):  # one step at a time: the cell-step fast path when on
         logits, state = model(tokens[:, t : t + 1], state)
         steps.append(logits)
-        assert torch._C._get_mkldnn_enabled()  # the global switch is put back every time
+    assert calls[0] == (tokens.shape[1] if mode == "auto" else 0)
+    assert torch._C._get_mkldnn_enabled()  # the process-wide oneDNN switch is never touched
     torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_cell_steps_equal_nn_lstm(layers):
+    from rnn2gpt.models.rnn import lstm_by_cell_steps
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, layers, batch_first=True)
+    x = torch.randn(3, 4, 6)
+    hx = (torch.randn(layers, 3, 5), torch.randn(layers, 3, 5))
+    want_out, (want_h, want_c) = lstm(x, hx)
+    got_out, (got_h, got_c) = lstm_by_cell_steps(lstm, x, hx)
+    for got, want in ((got_out, want_out), (got_h, want_h), (got_c, want_c)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    no_state, _ = lstm_by_cell_steps(lstm, x, None)
+    torch.testing.assert_close(no_state, lstm(x)[0], atol=1e-6, rtol=1e-6)

@@ -41,10 +41,20 @@ def sample_pairs(
     return sources, targets
 
 
-def train_pairs(model, task: str, steps: int, *, batch: int = 32, lr: float = 3e-3, seed: int = 0):
-    """A plain Adam loop on fresh random pairs (the trainer is tested separately)."""
+def train_pairs(
+    model,
+    task: str,
+    steps: int,
+    *,
+    batch: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    optimizer=None,
+):
+    """A plain Adam loop on fresh random pairs (the trainer is tested separately); pass an
+    ``optimizer`` to continue with its state."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
         b = collate_pairs(*sample_pairs(batch, task, generator), bos_id=BOS, eos_id=EOS, pad_id=PAD)
@@ -58,6 +68,46 @@ def train_pairs(model, task: str, steps: int, *, batch: int = 32, lr: float = 3e
         optimizer.step()
     model.eval()
     return float(loss.detach())
+
+
+def exact_match(
+    model, task: str, count: int = 40, seed: int = 99, **settings
+) -> tuple[float, list]:
+    """Share of ``count`` fresh pairs (from ``seed``) decoded exactly, greedy unless ``settings``
+    say otherwise; and the generations."""
+    from rnn2gpt.config import GenerationConfig
+    from rnn2gpt.data.parallel import pad_sources
+    from rnn2gpt.generation import generate
+
+    sources, targets = sample_pairs(count, task, torch.Generator().manual_seed(seed))
+    src, mask = pad_sources(sources, PAD)
+    config = GenerationConfig(temperature=0.0, max_new_tokens=10, **settings)
+    out = generate(model.bind(src, mask), [[BOS]] * count, config, eos_id=EOS)
+    hits = sum(o[0].token_ids == t for o, t in zip(out, targets))
+    return hits / count, out
+
+
+def train_until_exact(model, task: str, *, seed: int = 0, cap: int = 3000, every: int = 100) -> int:
+    """Train on ``task`` until 200 held-out pairs decode exactly at two checks in a row (``every``
+    steps apart; the learning rate drops 3x at each perfect check, to settle); stop at ``cap``
+    steps. Returns the steps taken.
+
+    A learning test asserts on its own pairs after this: training to a criterion (rather than
+    for a fixed number of steps on the edge) gives the same verdict on every CPU, whatever
+    rounding its kernels do.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    steps = perfect = 0
+    while steps < cap and perfect < 2:
+        train_pairs(model, task, every, seed=seed + steps, optimizer=optimizer)
+        steps += every
+        if exact_match(model, task, count=200, seed=1000 + seed)[0] == 1.0:
+            perfect += 1
+            for group in optimizer.param_groups:
+                group["lr"] /= 3
+        else:
+            perfect = 0
+    return steps
 
 
 def write_parallel_files(

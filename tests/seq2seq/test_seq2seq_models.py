@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from seq2seq_helpers import ARCHS, BOS, EOS, PAD, VOCAB, sample_pairs, tiny_model, train_pairs
+from seq2seq_helpers import (
+    ARCHS,
+    BOS,
+    EOS,
+    PAD,
+    VOCAB,
+    exact_match,
+    sample_pairs,
+    tiny_model,
+    train_until_exact,
+)
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.data.parallel import pad_sources
@@ -80,13 +92,14 @@ def trained():
     """Each architecture trained on the copy task (shared by the learning and decoding tests)."""
     # Module-scoped fixtures run before the suite's per-test one-thread setting: pin it here too,
     # so the result does not depend on the machine's default thread count.
+    seed = int(os.environ.get("RNN2GPT_TEST_SEED", "0"))  # see the learning_seed fixture
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         models = {}
         for name in NAMES:
-            model = tiny_model(name)
-            train_pairs(model, "copy", 300)
+            model = tiny_model(name, seed=seed)
+            train_until_exact(model, "copy", seed=seed)
             models[name] = model
     finally:
         torch.set_num_threads(threads)
@@ -94,12 +107,7 @@ def trained():
 
 
 def _exact(model, task: str, count: int = 40, **settings) -> tuple[float, list]:
-    sources, targets = sample_pairs(count, task, torch.Generator().manual_seed(99))
-    src, mask = pad_sources(sources, PAD)
-    config = GenerationConfig(temperature=0.0, max_new_tokens=10, **settings)
-    out = generate(model.bind(src, mask), [[BOS]] * count, config, eos_id=EOS)
-    hits = sum(o[0].token_ids == t for o, t in zip(out, targets))
-    return hits / count, out
+    return exact_match(model, task, count, **settings)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -109,9 +117,9 @@ def test_learns_to_copy_exactly(trained, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learns_to_reverse_exactly(name):
-    model = tiny_model(name)
-    train_pairs(model, "reverse", 300)
+def test_learns_to_reverse_exactly(name, learning_seed):
+    model = tiny_model(name, seed=learning_seed)
+    train_until_exact(model, "reverse", seed=learning_seed)
     accuracy, _ = _exact(model, "reverse")
     assert accuracy == 1.0
 

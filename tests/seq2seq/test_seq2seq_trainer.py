@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+import torch
 from seq2seq_helpers import write_parallel_files
 
 from rnn2gpt.config import RunConfig
@@ -134,13 +135,14 @@ def test_trainer_early_stop_metric_reports_bleu_and_the_model_translates(trained
 
 
 def test_packed_runner_decodes_as_the_plain_model_and_the_top_level_api_agrees(
-    trained_run, monkeypatch
+    trained_run, monkeypatch, fastpaths_auto, require_packing
 ):
     import rnn2gpt
     from rnn2gpt.config import GenerationConfig
     from rnn2gpt.models import packed
     from rnn2gpt.models.packed import PackedLinear
 
+    require_packing(torch.float32)
     monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)  # pack even this tiny model
     from rnn2gpt.tasks.common import decode_texts
     from rnn2gpt.training import load_checkpoint

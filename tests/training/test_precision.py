@@ -1,4 +1,5 @@
-"""Precision resolution: fp32 unless bf16 is asked for or the hardware runs it natively."""
+"""Precision resolution: fp32 unless bf16 is asked for, or the CPU both has native bf16 and runs
+bf16 autocast measurably faster (and fast paths are on)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,22 @@ import logging
 import pytest
 import torch
 
+from rnn2gpt import hardware
 from rnn2gpt.errors import ConfigError
 from rnn2gpt.training import precision
-from rnn2gpt.training.precision import autocast, resolve_precision
+from rnn2gpt.training.precision import autocast, precision_choice, resolve_precision
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU with native bf16 as PyTorch runs it; the test sets the measured speed-up."""
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda: "this CPU has AVX512-BF16")
+
+    def measured(speedup: float) -> None:
+        monkeypatch.setattr(precision, "bf16_autocast_speedup", lambda: speedup)
+
+    return measured
 
 
 def test_explicit_choices():
@@ -20,20 +34,48 @@ def test_explicit_choices():
         resolve_precision("fp16", "cpu")
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_auto_follows_the_cpu_features(monkeypatch, caplog, fast):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: fast, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+@pytest.mark.parametrize("speedup, expected", [(2.3, torch.bfloat16), (0.5, None)])
+def test_auto_picks_bf16_only_where_it_measures_faster(
+    bf16_cpu, fastpaths_auto, caplog, speedup, expected
+):
+    bf16_cpu(speedup)
     with caplog.at_level(logging.INFO, logger=precision.__name__):
         chosen = resolve_precision("auto", "cpu")
-    assert chosen == (torch.bfloat16 if fast else None)
-    assert ("bf16" if fast else "fp32") in caplog.text  # the choice is logged
+    assert chosen == expected
+    assert ("bf16" if expected else "fp32") in caplog.text  # the choice is logged, with why
+    assert f"{speedup:.2f}x" in caplog.text
 
 
-def test_auto_without_the_private_probes(monkeypatch):
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+def test_auto_stays_fp32_without_native_bf16(monkeypatch, fastpaths_auto):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "bf16_autocast_speedup", lambda: pytest.fail("not measured"))
     assert resolve_precision("auto", "cpu") is None
+
+
+def test_fastpaths_off_keeps_auto_in_fp32_but_an_explicit_bf16(bf16_cpu, fastpaths_off):
+    bf16_cpu(3.0)
+    assert precision_choice("auto", "cpu").dtype is None
+    assert "RNN2GPT_FASTPATHS=off" in precision_choice("auto", "cpu").reason
+    assert precision_choice("bf16", "cpu").dtype is torch.bfloat16
+
+
+def test_bf16_where_it_is_slow_is_kept_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda: "this CPU has no native bf16")
+    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+        assert resolve_precision("bf16", "cpu") is torch.bfloat16
+    assert "may be slow" in caplog.text
+
+
+def test_the_real_probe_agrees_with_the_choice(fastpaths_auto):
+    choice = precision_choice("auto", "cpu")
+    fast = hardware.cpu_has_fast_bf16()
+    if not fast:
+        assert choice.dtype is None
+    else:
+        speedup = hardware.bf16_autocast_speedup()
+        assert speedup > 0
+        assert (choice.dtype is torch.bfloat16) == (speedup >= hardware.BF16_MIN_SPEEDUP)
 
 
 def test_autocast_context():

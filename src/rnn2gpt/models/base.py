@@ -38,9 +38,17 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .packed import pack_linear_layers
+from ..hardware import fastpaths_enabled
+from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
 
 Recorder = Callable[[str, torch.Tensor], None]
+
+# On CPU, PyTorch runs nn.LSTM through oneDNN, which builds its kernel on every call: 4-5x slower
+# than PyTorch's native kernel for one decoding step (measured, 2 layers x 408, one thread:
+# 3.46 ms through oneDNN, 0.71 ms native, 0.63 ms by torch.lstm_cell steps, which equal the
+# native kernel bit for bit), though 25% faster over long training sequences. Calls shorter than
+# this run as torch.lstm_cell steps (a fast path: RNN2GPT_FASTPATHS=off keeps nn.LSTM's choice).
+SHORT_LSTM_CALL_STEPS = 16
 
 
 @runtime_checkable
@@ -133,8 +141,11 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
     layout. Then every linear layer also gets a packed copy of its weight for several rows and
     for bf16 (:mod:`rnn2gpt.models.packed`; one extra copy of the weights in memory). Use it on
     models that will only generate; training works on it too (the packed path is off under
-    autograd), but nothing is gained there. Returns ``model``.
+    autograd), but nothing is gained there. Both are fast paths: under ``RNN2GPT_FASTPATHS=off``
+    the model is left as it is. Returns ``model``.
     """
+    if not fastpaths_enabled():
+        return model
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None)
@@ -150,3 +161,31 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
                 weight.data = weight.data.t().contiguous().t()
     pack_linear_layers(model)
     return model
+
+
+def decoding_paths() -> dict[str, str]:
+    """Which fast paths :func:`use_inference_layout` and the recurrent models take here, and why.
+
+    Keys: ``layout``, ``packed_fp32``, ``packed_bf16``, ``lstm_short_calls``; each value is one
+    phrase (what runs, then why), for ``rnn2gpt doctor`` and logs.
+    """
+    if not fastpaths_enabled():
+        off = "off (RNN2GPT_FASTPATHS=off): plain nn.Linear"
+        return {
+            "layout": "row-major (RNN2GPT_FASTPATHS=off)",
+            "packed_fp32": off,
+            "packed_bf16": off,
+            "lstm_short_calls": "nn.LSTM as PyTorch dispatches it (RNN2GPT_FASTPATHS=off)",
+        }
+    paths = {"layout": "column-major fp32 linear weights (faster batch-1 reads)"}
+    for name, dtype in (("packed_fp32", torch.float32), ("packed_bf16", torch.bfloat16)):
+        if packed_linear_supported(dtype):
+            paths[name] = f"oneDNN-packed weights for layers of {MIN_PACKED_WEIGHTS:,}+ weights"
+        elif not torch.backends.mkldnn.is_available():
+            paths[name] = "plain nn.Linear (this PyTorch has no oneDNN)"
+        else:
+            paths[name] = "plain nn.Linear (oneDNN cannot pack this dtype here)"
+    paths["lstm_short_calls"] = (
+        f"torch.lstm_cell steps for calls under {SHORT_LSTM_CALL_STEPS} steps (no oneDNN kernel build)"
+    )
+    return paths

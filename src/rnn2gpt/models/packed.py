@@ -16,8 +16,10 @@ replaced or cast (``model.to(torch.bfloat16)``), it is rebuilt on the next call.
 extra copy of the weights in memory.
 
 The packing operators are private PyTorch operators (``torch.ops.mkldnn``); support is probed at
-run time (present, and equal to ``F.linear`` on a small example), and without it
-:func:`pack_linear_layers` changes nothing.
+run time (present, and equal to ``F.linear`` on a small example: oneDNN capped below a dtype's
+instructions, as by ``ONEDNN_MAX_CPU_ISA=AVX2`` for bf16, fails the probe), and without it
+:func:`pack_linear_layers` changes nothing. Packing is a fast path: ``RNN2GPT_FASTPATHS=off``
+turns it off (:mod:`rnn2gpt.hardware`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..hardware import fastpaths_enabled
 
 # The batch size oneDNN is told to expect when it picks the blocked layout. Measured with GPT-2
 # small shapes: a hint of 8 serves 1 and 8 rows within noise of the best per-size hint.
@@ -135,8 +139,10 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
 
     Weights are packed now (so the first generation does not pay for it) and repacked lazily if
     they change. Layers of other classes (LoRA adapters...) and unsupported dtypes are left
-    alone. Returns ``model``.
+    alone, and so is everything under ``RNN2GPT_FASTPATHS=off``. Returns ``model``.
     """
+    if not fastpaths_enabled():
+        return model
     for module in model.modules():
         if type(module) is not nn.Linear or module.weight.device.type != "cpu":
             continue

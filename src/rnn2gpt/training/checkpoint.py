@@ -581,13 +581,17 @@ def state_from_tensors(
     """Rebuild a state shaped like ``template`` from :func:`state_to_tensors` output.
 
     Each leaf of ``template`` is replaced by the stored tensor of the same name when present
-    (moved to the template leaf's device); a ``None`` leaf takes a stored tensor as is.
+    (moved to the template leaf's device, and cast to its dtype when both are floating point: a
+    state carried under bf16 autocast resumes in a run that computes in fp32); a ``None`` leaf
+    takes a stored tensor as is.
     """
 
     def build(value: Any, name: str) -> Any:
         if name in tensors:
             stored = tensors[name]
             if isinstance(value, torch.Tensor):
+                if stored.is_floating_point() and value.is_floating_point():
+                    return stored.to(device=value.device, dtype=value.dtype)
                 return stored.to(value.device)
             if isinstance(value, bool | int | float):
                 return type(value)(stored.item())

@@ -66,7 +66,8 @@ from .distributed import (
     wrap_model,
 )
 from .optim import build_optimizer, lr_at, progress_fraction, set_lr
-from .precision import autocast, resolve_precision
+from .plan import describe_plan
+from .precision import autocast, precision_choice
 from .tasks import Seq2SeqTask, better, is_seq2seq_task
 
 logger = logging.getLogger(__name__)
@@ -283,7 +284,8 @@ class _Run:
             torch.manual_seed(tc.seed + ctx.rank)  # same initial weights, different dropout masks
         self.model = model.to(self.device)
         self.model.train()
-        self.dtype = resolve_precision(tc.precision, self.device)
+        self.precision = precision_choice(tc.precision, self.device)
+        self.dtype = self.precision.dtype
 
         self.optimizer = build_optimizer(model, tc, self.device)
         self.progress = _Progress()
@@ -312,6 +314,8 @@ class _Run:
                 f"{self.task.train_tokens:,}",
                 self.batches.batch_size * tc.grad_accum * ctx.world_size,
             )
+            mean_target = self.task.train_tokens / max(len(self.task.train_sources), 1)
+            self._log_plan(int(self.batches.batch_size * mean_target) * tc.grad_accum)
             return
         if self.stateful:
             self.batches = StreamBatches(self.train_ids, tc.batch_size, tc.seq_len, **common)
@@ -327,6 +331,25 @@ class _Run:
             f"{len(self.train_ids):,}",
             tc.batch_size * tc.seq_len * tc.grad_accum * ctx.world_size,
             f", {len(self.batches)} batches per pass" if self.stateful else "",
+        )
+        self._log_plan(tc.batch_size * tc.seq_len * tc.grad_accum)
+
+    def _log_plan(self, tokens_per_step: int) -> None:
+        """Say what this run will do and about how long it will take, before the first step."""
+        if not self.ctx.is_main:
+            return
+        (logger.warning if self.precision.slow else logger.info)(
+            "precision: %s", self.precision.reason
+        )
+        logger.info(
+            describe_plan(
+                arch=self.config.model.arch,
+                parameters=self.model.num_parameters(trainable_only=True),
+                tokens_per_step=tokens_per_step,
+                train=self.config.train,
+                dtype=self.dtype,
+                precision_reason=self.precision.reason,
+            )
         )
 
     def _setup_lm_text(
