@@ -233,7 +233,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint(corpus, tmp_path):
     import signal
     import time
 
-    from rnn2gpt.training.checkpoint import load_checkpoint
+    from rnn2gpt.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     args = train_args(corpus, out, "gpt", "char", steps=10**6)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rnn2gpt import api
+from rnn2gpt.checkpoint import load_checkpoint
 from rnn2gpt.cli import EXIT_USER_ERROR, main
 from rnn2gpt.config import RunConfig
 from rnn2gpt.errors import ConfigError, TokenizerError
@@ -20,7 +21,6 @@ from rnn2gpt.evaluation import evaluate_lm
 from rnn2gpt.models.hf import gpt2_state_dict
 from rnn2gpt.models.lora import has_lora, load_lora_adapter
 from rnn2gpt.training import train as run_training
-from rnn2gpt.training.checkpoint import load_checkpoint
 
 BASE_TEXT = (
     "the cat sat on the mat .\nthe dog sat on the log .\n"

@@ -128,7 +128,7 @@ def load(directory: str | Path, *, dtype: str = "fp32", device: str = "cpu") -> 
         dtype: ``fp32`` or ``bf16`` (weights converted; faster on CPUs with bf16 units).
         device: ``cpu``, ``cuda``...
     """
-    from .training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of fp32, bf16 (got {dtype!r})")
@@ -228,8 +228,8 @@ def train(
     still apply, e.g. a longer ``max_steps``). ``overwrite=True`` lets a new run replace the
     checkpoints already in ``out``.
     """
+    from .checkpoint import read_config
     from .training import train as run_training
-    from .training.checkpoint import read_config
 
     valid = {f.name for f in dataclasses.fields(TrainRequest)} - {"preset"}
     unknown = sorted(set(options) - valid)
@@ -298,10 +298,10 @@ def finetune(
     An interrupted fine-tune continues exactly with ``train(out=OUT, resume=True)``
     (``rnn2gpt train --resume OUT``); ``finetune`` always starts afresh from ``checkpoint``.
     """
+    from .checkpoint import merge_lora_checkpoint as merge_checkpoint
+    from .checkpoint import read_config
     from .config import TrainConfig
     from .training import train as run_training
-    from .training.checkpoint import read_config
-    from .training.merge import merge_lora_checkpoint as merge_checkpoint
 
     source = resolve_checkpoint_dir(checkpoint)
     # The source's data files are not this run's (its test file included).
@@ -358,7 +358,7 @@ def merge_lora_checkpoint(
 ) -> Path:
     """Fold a LoRA checkpoint's adapters into its weights and save a plain checkpoint at
     ``dest``; mirrors ``rnn2gpt merge-lora``. ``checkpoint`` may be a run folder."""
-    from .training.merge import merge_lora_checkpoint as merge
+    from .checkpoint import merge_lora_checkpoint as merge
 
     return merge(resolve_checkpoint_dir(checkpoint), dest, overwrite=overwrite)
 
@@ -366,7 +366,7 @@ def merge_lora_checkpoint(
 def import_hf(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Convert a Hugging Face GPT-2 folder (``save_pretrained`` output) into an rnn2gpt
     checkpoint; mirrors ``rnn2gpt import-hf``. Returns the checkpoint path."""
-    from .models.hf import import_hf as convert
+    from .interop import import_hf as convert
 
     return convert(src, out, overwrite=overwrite)
 
@@ -377,7 +377,7 @@ def export_hf(
     """Write a GPT checkpoint (or run folder) as a Hugging Face GPT-2 folder that
     ``AutoModelForCausalLM.from_pretrained`` reads; mirrors ``rnn2gpt export-hf``. A LoRA
     checkpoint is exported with its adapters merged."""
-    from .models.hf import export_hf as convert
+    from .interop import export_hf as convert
 
     return convert(
         resolve_checkpoint_dir(checkpoint), dest, overwrite=overwrite, weights_only=weights_only

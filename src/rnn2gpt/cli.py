@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.resume or args.out
     base = None
     if args.resume:
-        from .training.checkpoint import read_config
+        from .checkpoint import read_config
 
         last = Path(args.resume) / "last"
         if not last.is_dir():
@@ -357,7 +357,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .api import resolve_checkpoint_dir
-    from .training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     directory = resolve_checkpoint_dir(args.checkpoint)
     ckpt = load_checkpoint(directory)
@@ -513,8 +513,8 @@ def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.analyze import AnalyzeOptions, analyze_model, read_analysis_text
     from .api import resolve_checkpoint_dir
+    from .checkpoint import load_checkpoint
     from .data import load_corpus, read_text
-    from .training.checkpoint import load_checkpoint
 
     directory = resolve_checkpoint_dir(args.checkpoint)
     ckpt = load_checkpoint(directory)

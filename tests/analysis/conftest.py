@@ -24,7 +24,7 @@ def char_tokenizer():
 @pytest.fixture
 def make_checkpoint(tmp_path, char_tokenizer):
     """Factory: ``make_checkpoint("gpt", **model) -> Path`` of a saved, untrained checkpoint."""
-    from rnn2gpt.training import save_checkpoint
+    from rnn2gpt.checkpoint import save_checkpoint
 
     def make(arch: str, data=None, **model):
         net = tiny_model(arch, char_tokenizer.vocab_size, **model)

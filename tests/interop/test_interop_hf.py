@@ -8,17 +8,13 @@ import pytest
 import torch
 from interop_helpers import SAMPLE_TEXTS, tiny_gpt2
 
+from rnn2gpt.checkpoint import load_checkpoint, save_checkpoint
 from rnn2gpt.config import ModelConfig, RunConfig, TokenizerConfig
 from rnn2gpt.errors import CheckpointError, ConfigError
+from rnn2gpt.interop import export_hf, import_hf
 from rnn2gpt.models import build_model
-from rnn2gpt.models.hf import (
-    export_hf,
-    gpt2_config_to_model_config,
-    import_hf,
-    model_config_to_gpt2_config,
-)
+from rnn2gpt.models.hf import gpt2_config_to_model_config, model_config_to_gpt2_config
 from rnn2gpt.tokenizers import CharTokenizer
-from rnn2gpt.training.checkpoint import load_checkpoint, save_checkpoint
 
 TOL = 1e-5
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 from seq2seq_helpers import write_parallel_files
 
+from rnn2gpt.checkpoint import SOURCE_TOKENIZER_DIR, load_checkpoint, save_checkpoint
 from rnn2gpt.cli import _seq2seq_train_overrides, build_parser, main
 from rnn2gpt.config import ModelConfig, RunConfig
 from rnn2gpt.errors import CheckpointError, ConfigError
 from rnn2gpt.models import build_model
 from rnn2gpt.tasks import evaluate_seq2seq, load_seq2seq, translate
 from rnn2gpt.tokenizers import WordTokenizer
-from rnn2gpt.training import load_checkpoint, save_checkpoint, train
-from rnn2gpt.training.checkpoint import SOURCE_TOKENIZER_DIR
+from rnn2gpt.training import train
 
 GREEK = {
     "red": "κόκκινο",

@@ -9,10 +9,11 @@ import pytest
 import torch
 from seq2seq_helpers import write_parallel_files
 
+from rnn2gpt.checkpoint import load_checkpoint
 from rnn2gpt.config import RunConfig
 from rnn2gpt.errors import ConfigError
 from rnn2gpt.tasks import evaluate_seq2seq, load_seq2seq, translate
-from rnn2gpt.training import load_checkpoint, train
+from rnn2gpt.training import train
 
 WORDS = "red green blue black white pink gray gold".split()
 
@@ -144,8 +145,8 @@ def test_packed_runner_decodes_as_the_plain_model_and_the_top_level_api_agrees(
 
     require_packing(torch.float32)
     monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)  # pack even this tiny model
+    from rnn2gpt.checkpoint import load_checkpoint
     from rnn2gpt.tasks.common import decode_texts
-    from rnn2gpt.training import load_checkpoint
 
     run_dir, _ = trained_run
     runner = load_seq2seq(run_dir)

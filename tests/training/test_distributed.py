@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rnn2gpt.training import load_checkpoint
+from rnn2gpt.checkpoint import load_checkpoint
 from rnn2gpt.training.distributed import (
     DistContext,
     any_rank,

@@ -13,8 +13,9 @@ import torch
 
 import rnn2gpt.evaluation
 import rnn2gpt.models
+from rnn2gpt.checkpoint import load_checkpoint
 from rnn2gpt.errors import CheckpointError, DataError, TrainingError
-from rnn2gpt.training import load_checkpoint, train
+from rnn2gpt.training import train
 from rnn2gpt.training.trainer import _sigint_flag
 
 

@@ -479,8 +479,8 @@ def measure_gradient_flow(
     4 batches of 8 windows of :data:`GRADIENT_FLOW_WINDOW` tokens (fewer where the model's
     context or the text is shorter), in fp32, the windows fixed by ``seed``.
     """
+    from ..checkpoint import load_checkpoint
     from ..data import load_corpus
-    from ..training.checkpoint import load_checkpoint
     from .gradient_flow import gradient_flow
 
     before = torch.get_num_threads()
@@ -520,10 +520,10 @@ def _time_generation(
     """(seconds, new tokens, prompt + sample) for ``gen_tokens`` tokens at batch 1: the median
     of :data:`GENERATION_REPEATS` runs of the same seeded generation, with the model prepared as
     :func:`rnn2gpt.load` prepares it."""
+    from ..checkpoint import load_checkpoint
     from ..generation import generate
     from ..models.base import use_inference_layout
     from ..tokenizers.base import encode_prompt
-    from ..training import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer = use_inference_layout(ckpt.model.eval()), ckpt.tokenizer

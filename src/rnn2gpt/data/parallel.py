@@ -26,7 +26,6 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..tokenizers.base import pick_source_tokenizer
 from .corpus import read_text, resolve_data_path
 
 logger = logging.getLogger(__name__)
@@ -206,13 +206,6 @@ def load_parallel(config: DataConfig) -> ParallelCorpus:
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-def pick_source_tokenizer(tokenizer: Any, source_tokenizer: Any = None) -> Any:
-    """The tokenizer that encodes sources: the run's own source tokenizer when it has one
-    (``tokenizer.separate = true``), else the joint ``tokenizer``. Targets and outputs always use
-    ``tokenizer``. Every place that encodes sources asks this function."""
-    return tokenizer if source_tokenizer is None else source_tokenizer
 
 
 def encode_pairs(
@@ -433,7 +426,6 @@ __all__ = [
     "load_parallel",
     "pad_sources",
     "pair_eval_batches",
-    "pick_source_tokenizer",
     "read_jsonl_pairs",
     "read_line_pairs",
     "read_lines",

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 interop: import a ``GPT2LMHeadModel`` directory, export a GPT checkpoint.
+"""GPT-2's configuration and state-dict layout, mapped to and from our GPT (pure functions).
 
 Our :class:`~rnn2gpt.models.gpt.GPT` already uses GPT-2's module names, so the two formats differ
 in three small ways only:
@@ -19,46 +19,24 @@ Importing refuses GPT-2 variants we cannot compute: ``scale_attn_weights=false``
 ``reorder_and_upcast_attn`` is accepted: it only changes the float precision of the attention
 scores, not the function.
 
-The command-level entry points (``rnn2gpt import-hf`` / ``export-hf``) are :func:`import_hf`
-and :func:`export_hf`. They reach up into ``tokenizers`` and ``training`` (to read tokenizers and
-write checkpoints); those imports are made inside the functions, so importing this module pulls
-nothing above ``models``. ``transformers`` itself is never needed: the files are plain JSON,
-safetensors and (for old checkpoints) a weights-only ``torch.load``.
+No files are read or written here: reading a Hugging Face folder and writing checkpoints is
+:mod:`rnn2gpt.interop.hf`, above :mod:`rnn2gpt.checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import pickle
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..config import GenerationConfig, ModelConfig
+from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
-
-HF_CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
-PYTORCH_BIN_FILE = "pytorch_model.bin"
-GENERATION_CONFIG_FILE = "generation_config.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-# Written instead of tokenizer.json when a char/word tokenizer is exported with weights_only:
-# transformers cannot read our own format, and a tokenizer.json it cannot read would break
-# AutoTokenizer, so the file keeps a name of its own.
-RNN2GPT_TOKENIZER_FILE = "rnn2gpt_tokenizer.json"
 
 # GPT-2 activation names -> ours. gelu_new, gelu_pytorch_tanh and gelu_fast are the same
 # tanh approximation written three ways.
@@ -74,8 +52,8 @@ _ACTIVATIONS_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 _CONV1D = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
 _MASK_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _PREFIX = "transformer."
-_LM_HEAD = "lm_head.weight"
-_WTE = "wte.weight"
+LM_HEAD_KEY = "lm_head.weight"
+WTE_KEY = "wte.weight"
 
 
 # --------------------------------------------------------------------------- configs
@@ -197,16 +175,13 @@ def model_config_to_gpt2_config(
     }
 
 
-# --------------------------------------------------------------------------- weights
-
-
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
 
 
 def _hf_name(canonical: str) -> str:
     """The name ``save_pretrained`` uses, for messages and for export."""
-    return canonical if canonical == _LM_HEAD else _PREFIX + canonical
+    return canonical if canonical == LM_HEAD_KEY else _PREFIX + canonical
 
 
 def load_gpt2_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], *, source: str) -> None:
@@ -223,14 +198,14 @@ def load_gpt2_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], *, sou
     """
     ours = model.state_dict()
     tied = bool(getattr(model.config, "tie_weights", False))
-    expected = {_canonical(k): k for k in ours}  # canonical -> our name
+    expected = {canonical_name(k): k for k in ours}  # canonical -> our name
     if tied:
-        expected.pop(_LM_HEAD, None)  # rebuilt from wte, as transformers does
+        expected.pop(LM_HEAD_KEY, None)  # rebuilt from wte, as transformers does
 
     given: dict[str, Tensor] = {}
     for name, tensor in tensors.items():
-        key = _canonical(name)
-        if _MASK_BUFFERS.match(key) or (tied and key == _LM_HEAD):
+        key = canonical_name(name)
+        if _MASK_BUFFERS.match(key) or (tied and key == LM_HEAD_KEY):
             continue
         given[key] = tensor
 
@@ -279,8 +254,8 @@ def gpt2_state_dict(model: nn.Module) -> dict[str, Tensor]:
         )
     out: dict[str, Tensor] = {}
     for name, tensor in model.state_dict().items():
-        key = _canonical(name)
-        if key == _LM_HEAD and cfg.tie_weights:
+        key = canonical_name(name)
+        if key == LM_HEAD_KEY and cfg.tie_weights:
             continue
         tensor = tensor.detach().to("cpu", torch.float32)
         if _CONV1D.match(key):
@@ -300,398 +275,6 @@ def gpt2_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def read_gpt2_weights(src_dir: str | os.PathLike[str]) -> tuple[dict[str, Tensor], Path]:
-    """The tensors of a Hugging Face model directory and the file they came from.
-
-    Reads ``model.safetensors``, a sharded ``model.safetensors.index.json``, or (old checkpoints)
-    ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which runs no code.
-
-    Raises:
-        CheckpointError: no weights file, or a corrupt one.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    src = Path(src_dir)
-    single, index, binary = (
-        src / SAFETENSORS_FILE,
-        src / SAFETENSORS_INDEX_FILE,
-        src / PYTORCH_BIN_FILE,
-    )
-    try:
-        if single.is_file():
-            return load_file(str(single)), single
-        if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index} has no weight_map; the download is incomplete")
-            tensors: dict[str, Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                shard_path = src / str(shard)
-                if not shard_path.is_file():
-                    raise CheckpointError(
-                        f"{index} lists shard {shard} but {shard_path} is missing; download it"
-                    )
-                tensors.update(load_file(str(shard_path)))
-            return tensors, index
-        if binary.is_file():
-            try:
-                state = torch.load(binary, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
-                raise CheckpointError(
-                    f"{binary} holds Python objects beyond tensors, which a safe (weights-only) "
-                    "load refuses to run; re-save the model with save_pretrained as safetensors"
-                ) from None
-            if not isinstance(state, dict) or not all(
-                isinstance(v, Tensor) for v in state.values()
-            ):
-                raise CheckpointError(f"{binary} does not hold a plain state dict of tensors")
-            return dict(state), binary
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(
-            f"cannot read the weights in {src} ({exc}); the file is corrupt or truncated, "
-            "download it again"
-        ) from None
-    raise CheckpointError(
-        f"{src} has no weights: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or "
-        f"{PYTORCH_BIN_FILE}"
-    )
-
-
-# --------------------------------------------------------------------------- import
-
-
-def import_hf(
-    src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False
-) -> Path:
-    """Convert a Hugging Face GPT-2 directory into an rnn2gpt checkpoint at ``out_dir``.
-
-    ``src_dir`` needs ``config.json`` (``model_type`` "gpt2"), the weights (see
-    :func:`read_gpt2_weights`) and the tokenizer (``tokenizer.json`` or ``vocab.json`` +
-    ``merges.txt``). When the model's vocabulary is padded past the tokenizer's (e.g. 50304
-    rows for 50257 tokens), the rows no token can produce are dropped, since a checkpoint's
-    model and tokenizer must agree. An existing non-empty ``out_dir`` is replaced only with
-    ``overwrite=True``, and only if it is an rnn2gpt checkpoint. Returns the checkpoint path.
-
-    Raises:
-        CheckpointError: a missing directory or file, a non-GPT-2 model, an unsupported GPT-2
-            variant, or weights that do not match the config (the message names the tensor).
-    """
-    from ..config import RunConfig, TokenizerConfig, TrainConfig
-    from ..tokenizers import BPETokenizer
-    from ..training.checkpoint import save_checkpoint
-    from .gpt import GPT
-
-    src = _existing_dir(src_dir, "Hugging Face model")
-    out = Path(out_dir).expanduser()
-    _check_destination(out, overwrite, kind="rnn2gpt")
-    config_path = src / HF_CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(
-            f"{src} has no {HF_CONFIG_FILE}; point to a Hugging Face model directory "
-            "(the folder save_pretrained wrote)"
-        )
-    hf_config = _read_json(config_path)
-    if hf_config.get("format") == "rnn2gpt":
-        raise CheckpointError(f"{src} is already an rnn2gpt checkpoint; there is nothing to import")
-
-    tokenizer = BPETokenizer.from_files(_tokenizer_source(src))
-    tensors, weights_file = read_gpt2_weights(src)
-    canonical = {_canonical(k) for k in tensors}
-    bias = "h.0.attn.c_attn.bias" in canonical or "ln_f.bias" in canonical
-    try:
-        model_config = gpt2_config_to_model_config(hf_config, bias=bias)
-    except ConfigError as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from None
-
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer in {src} has {tokenizer.vocab_size} tokens but the model only "
-            f"{model_config.vocab_size}; the tokenizer files belong to another model"
-        )
-    if tokenizer.vocab_size < model_config.vocab_size:
-        logger.warning(
-            "the model has %d vocabulary rows but the tokenizer only %d tokens; dropping the "
-            "%d rows no token can produce",
-            model_config.vocab_size,
-            tokenizer.vocab_size,
-            model_config.vocab_size - tokenizer.vocab_size,
-        )
-        tensors = _truncate_vocab(tensors, model_config.vocab_size, tokenizer.vocab_size)
-        model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-
-    model = GPT(model_config)
-    load_gpt2_state_dict(model, tensors, source=str(weights_file))
-    model.eval()
-
-    run_config = RunConfig(
-        model=model_config,
-        tokenizer=TokenizerConfig(kind="bpe", vocab_size=tokenizer.vocab_size),
-        train=TrainConfig(seq_len=min(TrainConfig().seq_len, model_config.block_size)),
-        generate=_generation_from_hf(src),
-    )
-    path = save_checkpoint(out, model=model, tokenizer=tokenizer, config=run_config)
-    logger.info("imported %s (%d parameters) into %s", src, model.num_parameters(), path)
-    return path
-
-
-def _tokenizer_source(src: Path) -> Path:
-    """The directory or file the tokenizer is read from, or a CheckpointError naming what lacks."""
-    if (src / "tokenizer.json").is_file():
-        return src / "tokenizer.json"
-    has_vocab, has_merges = (src / "vocab.json").is_file(), (src / "merges.txt").is_file()
-    if has_vocab and has_merges:
-        return src
-    found = [name for name, ok in (("vocab.json", has_vocab), ("merges.txt", has_merges)) if ok]
-    extra = f" (found only {found[0]})" if found else ""
-    raise CheckpointError(
-        f"{src} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt{extra}; "
-        "copy the tokenizer files of this model into the directory"
-    )
-
-
-def _truncate_vocab(tensors: Mapping[str, Tensor], rows: int, keep: int) -> dict[str, Tensor]:
-    """Drop vocabulary rows past ``keep`` from wte and lm_head (whatever their prefix)."""
-    out = dict(tensors)
-    for name, tensor in tensors.items():
-        if _canonical(name) in (_WTE, _LM_HEAD) and tensor.dim() == 2 and tensor.shape[0] == rows:
-            out[name] = tensor[:keep]
-    return out
-
-
-def _generation_from_hf(src: Path) -> GenerationConfig:
-    """Our generation defaults, with the sampling settings of ``generation_config.json``."""
-    path = src / GENERATION_CONFIG_FILE
-    if not path.is_file():
-        return GenerationConfig()
-    data = _read_json(path)
-    values: dict[str, Any] = {}
-    if data.get("do_sample") is False:
-        values["temperature"] = 0.0
-    elif data.get("do_sample") is True:
-        for key in ("temperature", "top_p", "typical_p"):
-            if isinstance(data.get(key), (int, float)):
-                values[key] = float(data[key])
-        if isinstance(data.get("top_k"), int):
-            values["top_k"] = data["top_k"]
-        if isinstance(data.get("min_p"), (int, float)):
-            values["min_p"] = float(data["min_p"])
-    if isinstance(data.get("repetition_penalty"), (int, float)):
-        values["repetition_penalty"] = float(data["repetition_penalty"])
-    if isinstance(data.get("no_repeat_ngram_size"), int):
-        values["no_repeat_ngram_size"] = data["no_repeat_ngram_size"]
-    if isinstance(data.get("max_new_tokens"), int):
-        values["max_new_tokens"] = data["max_new_tokens"]
-    config = replace(GenerationConfig(), **values)
-    try:
-        config.validate()
-    except ConfigError as exc:
-        logger.warning("ignoring %s (%s); using rnn2gpt's generation defaults", path, exc)
-        return GenerationConfig()
-    return config
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_hf(
-    checkpoint_dir: str | os.PathLike[str],
-    dest_dir: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    weights_only: bool = False,
-) -> Path:
-    """Write a GPT checkpoint as a Hugging Face GPT-2 directory at ``dest_dir``.
-
-    Writes ``config.json``, ``model.safetensors``, ``generation_config.json`` and, for a BPE
-    tokenizer, ``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and
-    ``special_tokens_map.json``, so that ``AutoModelForCausalLM.from_pretrained(dest)`` and
-    ``AutoTokenizer.from_pretrained(dest)`` work offline.
-
-    A char or word tokenizer has no GPT-2 equivalent. By default that is an error; with
-    ``weights_only=True`` the model is exported anyway and the tokenizer is kept as
-    ``rnn2gpt_tokenizer.json`` (readable with ``rnn2gpt.tokenizers.load_tokenizer``), so the
-    ids can still be produced and decoded. Writes are atomic; an existing non-empty
-    ``dest_dir`` is replaced only with ``overwrite=True``, and only if it holds a GPT-2 export.
-    Returns ``dest_dir``.
-
-    Raises:
-        CheckpointError: not a GPT checkpoint, a non-BPE tokenizer without ``weights_only``, or
-            a destination that is not safe to write.
-    """
-    from ..training.checkpoint import load_checkpoint
-
-    dest = Path(dest_dir).expanduser()
-    from .lora import has_lora, merge_lora
-
-    checkpoint = load_checkpoint(checkpoint_dir)
-    model, tokenizer, run_config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
-    if has_lora(model):  # a LoRA checkpoint exports as the adapted model, as plain weights
-        model = merge_lora(model)
-    if run_config.model.arch != "gpt":
-        raise CheckpointError(
-            f"only GPT checkpoints export to the GPT-2 format; {checkpoint.directory} holds a "
-            f"{run_config.model.arch} model"
-        )
-    is_bpe = getattr(tokenizer, "kind", None) == "bpe"
-    if not is_bpe and not weights_only:
-        raise CheckpointError(
-            f"{checkpoint.directory} uses a {tokenizer.kind} tokenizer, which has no Hugging Face "
-            "equivalent; export the weights alone with weights_only (--weights-only), or train "
-            "with tokenizer.kind=bpe"
-        )
-    _check_destination(dest, overwrite, kind="gpt2")
-    eos = tokenizer.eos_id if is_bpe else None
-    bos = tokenizer.bos_id if is_bpe else None
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        from safetensors.torch import save_file
-
-        hf_config = model_config_to_gpt2_config(
-            run_config.model, bos_token_id=bos, eos_token_id=eos
-        )
-        _write_json(tmp / HF_CONFIG_FILE, hf_config)
-        save_file(gpt2_state_dict(model), str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-        _write_json(tmp / GENERATION_CONFIG_FILE, _generation_to_hf(run_config.generate, bos, eos))
-        if is_bpe:
-            _write_bpe_files(tokenizer, tmp, run_config.model.block_size)
-        else:
-            # Saved through the contract's save(dir), then renamed out of transformers' way.
-            tokenizer.save(tmp / ".tokenizer")
-            (tmp / ".tokenizer" / "tokenizer.json").rename(tmp / RNN2GPT_TOKENIZER_FILE)
-            (tmp / ".tokenizer").rmdir()
-            logger.warning(
-                "exported the weights only: the %s tokenizer is kept as %s and must be used "
-                "through rnn2gpt (transformers cannot read it)",
-                tokenizer.kind,
-                RNN2GPT_TOKENIZER_FILE,
-            )
-        _swap_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("exported %s to %s", checkpoint.directory, dest)
-    return dest
-
-
-def _write_bpe_files(tokenizer: Any, directory: Path, max_length: int) -> None:
-    """tokenizer.json, vocab.json + merges.txt, and the two small transformers JSON files."""
-    from ..tokenizers.bpe import EOT_TOKEN
-
-    tokenizer.save(directory)
-    tokenizer.save_gpt2_files(directory)
-    specials: dict[str, str] = {}
-    if tokenizer.eos_id is not None:
-        # GPT-2's convention: <|endoftext|> is bos, eos and unk (it is never produced as unk,
-        # byte-level BPE covers every string); pad too, as rnn2gpt uses it.
-        specials = {
-            name: EOT_TOKEN for name in ("bos_token", "eos_token", "unk_token", "pad_token")
-        }
-    _write_json(
-        directory / TOKENIZER_CONFIG_FILE,
-        {
-            "tokenizer_class": "GPT2Tokenizer",
-            "model_max_length": max_length,
-            "add_prefix_space": False,
-            "add_bos_token": False,
-            # decode must give back the exact text, as rnn2gpt's decode does
-            "clean_up_tokenization_spaces": False,
-            **specials,
-        },
-    )
-    _write_json(directory / SPECIAL_TOKENS_FILE, specials)
-
-
-def _generation_to_hf(gen: GenerationConfig, bos: int | None, eos: int | None) -> dict[str, Any]:
-    """``generation_config.json``: the special ids and the checkpoint's decoding defaults."""
-    out: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos}
-    if eos is not None:
-        out["pad_token_id"] = eos
-    out["max_new_tokens"] = gen.max_new_tokens
-    if gen.greedy:
-        out["do_sample"] = False
-    else:
-        out.update(do_sample=True, temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
-        if gen.min_p > 0:
-            out["min_p"] = gen.min_p
-        if gen.typical_p < 1:
-            out["typical_p"] = gen.typical_p
-    if gen.repetition_penalty != 1.0:
-        out["repetition_penalty"] = gen.repetition_penalty
-    if gen.no_repeat_ngram_size:
-        out["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
-    return out
-
-
-# --------------------------------------------------------------------------- file helpers
-
-
-def _existing_dir(path: str | os.PathLike[str], what: str) -> Path:
-    src = Path(path).expanduser()
-    if not src.exists():
-        raise CheckpointError(f"no {what} at {src}: the directory does not exist")
-    if not src.is_dir():
-        raise CheckpointError(f"{src} is a file; give the {what} directory")
-    return src
-
-
-def _check_destination(dest: Path, overwrite: bool, *, kind: str) -> None:
-    """Refuse to write where it could destroy something that is not ours to replace.
-
-    ``kind`` is what ``dest`` may already hold to be replaced: "rnn2gpt" (a checkpoint) or
-    "gpt2" (an export).
-    """
-    if dest.exists() and not dest.is_dir():
-        raise CheckpointError(f"cannot write to {dest}: a file of that name exists")
-    if not dest.is_dir() or not any(dest.iterdir()):
-        return
-    if not overwrite:
-        raise CheckpointError(
-            f"{dest} already exists and is not empty; choose a new directory or allow overwriting"
-        )
-    config = dest / HF_CONFIG_FILE
-    data = _read_json(config) if config.is_file() else {}
-    ours = (
-        data.get("format") == "rnn2gpt" if kind == "rnn2gpt" else data.get("model_type") == "gpt2"
-    )
-    if not ours:
-        what = "an rnn2gpt checkpoint" if kind == "rnn2gpt" else "a GPT-2 export"
-        raise CheckpointError(
-            f"{dest} is not {what}, so it is not replaced even with overwrite; choose a new "
-            "directory"
-        )
-
-
-def _swap_dir(tmp: Path, target: Path) -> None:
-    """Put ``tmp`` in place of ``target`` with renames only (the old one is removed last)."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path} as JSON ({exc}); the file is damaged") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object; the file is damaged")
-    return data
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _conv1d_shape(key: str, ours: torch.Size) -> tuple[int, ...]:
     """The shape GPT-2's file should have, given our (out, in) shape."""
     return tuple(reversed(ours)) if _CONV1D.match(key) else tuple(ours)
@@ -704,11 +287,11 @@ def _list(items: Any, limit: int = 8) -> str:
 
 
 __all__ = [
-    "export_hf",
+    "LM_HEAD_KEY",
+    "WTE_KEY",
+    "canonical_name",
     "gpt2_config_to_model_config",
     "gpt2_state_dict",
-    "import_hf",
     "load_gpt2_state_dict",
     "model_config_to_gpt2_config",
-    "read_gpt2_weights",
 ]

@@ -8,7 +8,7 @@ search are the language models' own.
 Tokenizers: ``tokenizer`` is the target (or joint) tokenizer: it gives bos/eos/pad of the
 decoder and turns output ids into text. A run trained with ``tokenizer.separate = true`` also
 has a ``source_tokenizer``, which encodes and pads the sources; without it the joint tokenizer
-does (:func:`~rnn2gpt.data.parallel.pick_source_tokenizer`).
+does (:func:`~rnn2gpt.tokenizers.base.pick_source_tokenizer`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from ..config import GenerationConfig
-from ..data.parallel import pad_sources, pick_source_tokenizer
+from ..data.parallel import pad_sources
 from ..errors import ConfigError
 from ..generation import generate
 from ..models.base import Recorder
+from ..tokenizers.base import pick_source_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def encode_sources(tokenizer: object, texts: Sequence[str], limit: int | None) -
     """Token ids of each source, ending in eos; sources beyond ``limit`` keep their beginning.
 
     ``tokenizer`` is the one that encodes sources (the source tokenizer of a run with separate
-    tokenizers: see :func:`~rnn2gpt.data.parallel.pick_source_tokenizer`).
+    tokenizers: see :func:`~rnn2gpt.tokenizers.base.pick_source_tokenizer`).
     """
     _, eos, _ = special_ids(tokenizer)
     out = []

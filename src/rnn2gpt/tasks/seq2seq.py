@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GenerationConfig
-from ..data.parallel import pick_source_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models.base import use_inference_layout
+from ..tokenizers.base import pick_source_tokenizer
 from .common import cross_attention, decode_texts, encode_sources, source_limit
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def load_seq2seq(
     checkpoint is a language model."""
     if isinstance(checkpoint, Seq2SeqRunner):
         return checkpoint
+    from ..checkpoint import load_checkpoint
     from ..models.seq2seq import is_seq2seq
-    from ..training import load_checkpoint
 
     path = Path(checkpoint).expanduser()
     if not (path / "config.json").exists():

@@ -20,7 +20,7 @@ Face `tokenizers` format; char and word: a small JSON file of our own whose top-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,3 +76,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         return tokenizer.encode("\n")[-1:] or [0]
     except TokenizerError:
         return [0]
+
+
+def pick_source_tokenizer(tokenizer: Any, source_tokenizer: Any = None) -> Any:
+    """The tokenizer that encodes sources: the run's own source tokenizer when it has one
+    (``tokenizer.separate = true``), else the joint ``tokenizer``. Targets and outputs always use
+    ``tokenizer``. Every place that encodes sources asks this function."""
+    return tokenizer if source_tokenizer is None else source_tokenizer

@@ -36,8 +36,8 @@ from ..data.parallel import (
     filter_pairs,
     load_parallel,
     pair_eval_batches,
-    pick_source_tokenizer,
 )
+from ..tokenizers.base import pick_source_tokenizer
 from .precision import autocast
 
 logger = logging.getLogger(__name__)

@@ -41,11 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig
-from ..errors import CheckpointError, ConfigError, TokenizerError, TrainingError
-from ..models.base import count_parameters
-from ..models.lora import apply_lora, has_lora, load_lora_adapter, merge_lora
-from .checkpoint import (
+from ..checkpoint import (
     Checkpoint,
     adapter_file,
     capture_rng_state,
@@ -56,6 +52,10 @@ from .checkpoint import (
     state_from_tensors,
     state_to_tensors,
 )
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError, TokenizerError, TrainingError
+from ..models.base import count_parameters
+from ..models.lora import apply_lora, has_lora, load_lora_adapter, merge_lora
 from .distributed import (
     DistContext,
     any_rank,

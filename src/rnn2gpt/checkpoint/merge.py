@@ -1,6 +1,6 @@
 """Fold a LoRA checkpoint's adapters into its weights: a plain checkpoint anyone can load.
 
-A LoRA checkpoint (see :mod:`rnn2gpt.training.checkpoint`) keeps the base weights and a small
+A LoRA checkpoint (see :mod:`rnn2gpt.checkpoint`) keeps the base weights and a small
 ``adapter.safetensors``. Merging computes ``W + (alpha / r) B A`` for every adapted layer and
 saves the result as an ordinary checkpoint: same logits, no adapter file, no LoRA settings, and
 loadable by tools that know nothing of LoRA (``export-hf``, older readers).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.lora import has_lora, merge_lora
-from .checkpoint import load_checkpoint, read_config, save_checkpoint
+from .format import load_checkpoint, read_config, save_checkpoint
 
 logger = logging.getLogger(__name__)
 

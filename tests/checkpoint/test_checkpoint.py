@@ -11,12 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from rnn2gpt.config import RunConfig
-from rnn2gpt.errors import CheckpointError
-from rnn2gpt.models import build_model
-from rnn2gpt.tokenizers import CharTokenizer
-from rnn2gpt.training import checkpoint as ckpt_mod
-from rnn2gpt.training.checkpoint import (
+from rnn2gpt.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -24,6 +19,12 @@ from rnn2gpt.training.checkpoint import (
     state_from_tensors,
     state_to_tensors,
 )
+from rnn2gpt.checkpoint import files as ckpt_mod
+from rnn2gpt.checkpoint import format as ckpt_format
+from rnn2gpt.config import RunConfig
+from rnn2gpt.errors import CheckpointError
+from rnn2gpt.models import build_model
+from rnn2gpt.tokenizers import CharTokenizer
 from rnn2gpt.training.optim import build_optimizer
 
 TEXT = "hello world, the cat sat on the mat.\n"
@@ -122,7 +123,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod, "save_optimizer_state", crash)  # fails after weights are written
+    monkeypatch.setattr(
+        ckpt_format, "save_optimizer_state", crash
+    )  # fails after weights are written
     optimizer = build_optimizer(other, config.train)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(
