@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..checkpoint.files import swap_in
-from ..config import GenerationConfig
+from ..config import GenerationConfig, RunConfig, TokenizerConfig, TrainConfig
 from ..errors import CheckpointError, ConfigError
+from ..models.gpt import GPT
 from ..models.hf import (
     LM_HEAD_KEY,
     WTE_KEY,
@@ -38,6 +40,9 @@ from ..models.hf import (
     load_gpt2_state_dict,
     model_config_to_gpt2_config,
 )
+from ..models.lora import has_lora, merge_lora
+from ..tokenizers import BPETokenizer
+from ..tokenizers.bpe import EOT_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +135,6 @@ def import_hf(
         CheckpointError: a missing directory or file, a non-GPT-2 model, an unsupported GPT-2
             variant, or weights that do not match the config (the message names the tensor).
     """
-    from ..config import RunConfig, TokenizerConfig, TrainConfig
-    from ..tokenizers import BPETokenizer
-    from ..checkpoint import save_checkpoint
-    from ..models.gpt import GPT
 
     src = _existing_dir(src_dir, "Hugging Face model")
     out = Path(out_dir).expanduser()
@@ -273,10 +274,8 @@ def export_hf(
         CheckpointError: not a GPT checkpoint, a non-BPE tokenizer without ``weights_only``, or
             a destination that is not safe to write.
     """
-    from ..checkpoint import load_checkpoint
 
     dest = Path(dest_dir).expanduser()
-    from ..models.lora import has_lora, merge_lora
 
     checkpoint = load_checkpoint(checkpoint_dir)
     model, tokenizer, run_config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
@@ -333,7 +332,6 @@ def export_hf(
 
 def _write_bpe_files(tokenizer: Any, directory: Path, max_length: int) -> None:
     """tokenizer.json, vocab.json + merges.txt, and the two small transformers JSON files."""
-    from ..tokenizers.bpe import EOT_TOKEN
 
     tokenizer.save(directory)
     tokenizer.save_gpt2_files(directory)
