@@ -330,7 +330,7 @@ def _batch(ids: list[int]) -> torch.Tensor:
 
 
 def _truncate(model: torch.nn.Module, ids: list[int], limit: int) -> list[int]:
-    context = getattr(model, "max_context", None)
+    context = model.max_context
     keep = min(limit, context) if context else limit
     return ids[:keep]
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..models.base import eval_mode, model_device
 from ..tokenizers.base import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,13 +31,6 @@ def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def record_internals(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``tokens`` (B, T) through ``model`` in eval mode; everything its recorder reports.
@@ -45,7 +39,7 @@ def record_internals(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.
     gates (B, T, H) for LSTM/GRU, ``layer{i}.attention`` (B, n_head, T, S) for GPTs. A name
     reported twice keeps its last tensor. Tokens beyond ``model.max_context`` are dropped.
     """
-    context = getattr(model, "max_context", None)
+    context = model.max_context
     if context is not None and tokens.shape[1] > context:
         logger.info("recording the first %d tokens (the model's context)", context)
         tokens = tokens[:, :context]
@@ -54,12 +48,8 @@ def record_internals(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.
     def recorder(name: str, tensor: torch.Tensor) -> None:
         recorded[name] = tensor.detach().float().cpu()
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         model(tokens.to(model_device(model)), None, recorder=recorder)
-    finally:
-        model.train(was_training)
     return recorded
 
 

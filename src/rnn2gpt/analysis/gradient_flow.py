@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from .common import model_device
+from ..models.base import eval_mode, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def gradient_flow(
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) < 2:
         raise DataError("gradient flow needs a text of at least 2 tokens; give a longer text")
-    max_context = getattr(model, "max_context", None)
+    max_context = model.max_context
     length = min(seq_len, len(ids) - 1, max_context or seq_len)
     if length < seq_len:
         logger.info("gradient flow: windows of %d tokens (the text or context is shorter)", length)
@@ -129,9 +129,7 @@ def gradient_flow(
     device = model_device(model)
     total = torch.zeros(length, dtype=torch.float64)
     windows = 0
-    was_training = model.training
-    model.eval()  # no dropout: the measurement must be deterministic
-    try:
+    with eval_mode(model):  # no dropout: the measurement must be deterministic
         for _ in range(batches):
             starts = rng.integers(0, len(ids) - length, size=batch_size)
             rows = np.stack([ids[s : s + length + 1] for s in starts])  # (B, T + 1)
@@ -139,8 +137,6 @@ def gradient_flow(
             norms = input_gradient_norms(model, batch[:, :-1], batch[:, -1])  # (B, T)
             total += norms.double().sum(dim=0).cpu()
             windows += batch_size
-    finally:
-        model.train(was_training)
     mean = (total / windows).flip(0)  # index 0 = the last position = distance 0
     return GradientFlow(list(range(length)), [float(v) for v in mean], windows)
 

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.base import eval_mode, model_device
 from ..tokenizers.base import Tokenizer
-from .common import model_device, token_pieces
+from .common import token_pieces
 from .report import Report
 
 LOG2 = math.log(2.0)
@@ -69,12 +70,10 @@ def next_token_log_probs(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
     n = len(seq)
     if n < 2:
         return torch.zeros(0, 0)
-    window = getattr(model, "max_context", None) or n
+    window = model.max_context or n
     stride = max(1, window // 2)
-    was_training = model.training
-    model.eval()
     parts = []
-    try:
+    with eval_mode(model):
         done, start = 1, 0  # done = the next target position still to score
         while done < n:
             end = min(start + window, n)
@@ -82,8 +81,6 @@ def next_token_log_probs(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
             parts.append(F.log_softmax(logits[0, done - 1 - start : end - 1 - start].float(), -1))
             done = end
             start = end - window + stride
-    finally:
-        model.train(was_training)
     return torch.cat(parts).cpu()
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import eval_batches
 from ..errors import DataError
+from ..models.base import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,13 @@ def evaluate_lm(
         ``{"loss", "perplexity", "bits_per_token", "bits_per_char" (None without
         chars_per_token), "tokens"}``; the loss is in nats per token.
     """
-    max_context = getattr(model, "max_context", None)
+    max_context = model.max_context
     if max_context is not None and seq_len > max_context:
         logger.warning(
             "evaluation seq_len %d exceeds the model's context; using %d", seq_len, max_context
         )
         seq_len = max_context
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # The sum stays on the device (float64) so there is no host sync per batch.
     total = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
@@ -93,23 +92,20 @@ def evaluate_lm(
         if autocast is not None
         else contextlib.nullcontext()
     )
-    try:
-        with torch.inference_mode():
-            for x, y, reset in eval_batches(ids, batch_size, seq_len, max_batches, stream):
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if not stream or reset:
-                    state = None
-                with context:
-                    logits, new_state = model(x, state)  # (B, T, V)
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
-                )
-                total += loss.double()
-                tokens += y.numel()
-                state = new_state if stream else None
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for x, y, reset in eval_batches(ids, batch_size, seq_len, max_batches, stream):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if not stream or reset:
+                state = None
+            with context:
+                logits, new_state = model(x, state)  # (B, T, V)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
+            )
+            total += loss.double()
+            tokens += y.numel()
+            state = new_state if stream else None
     if tokens == 0:
         raise DataError("no tokens to evaluate; give a longer text or a smaller seq_len")
     return lm_metrics(total.item() / tokens, tokens, chars_per_token)

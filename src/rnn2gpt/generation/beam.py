@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GenerationConfig
+from ..models.base import model_device
 from ..tokenizers.base import Tokenizer
-from .context import ContextPolicy, ModelRunner, model_device
+from .context import ContextPolicy, ModelRunner
 from .processors import PAD, apply_processors, build_processors
 from .request import vocab_size_of
 from .results import Generation, make_generation
@@ -117,7 +118,7 @@ class _BeamSearch:
         self.beams = beams = config.num_beams
         self.device = device = model_device(model)
         self.vocab_size = vocab_size_of(model)
-        self.context = ContextPolicy(getattr(model, "max_context", None), config.context_policy)
+        self.context = ContextPolicy(model.max_context, config.context_policy)
         self.runner = ModelRunner(model, pad_id=pad_id, device=device)
         self.fitted = [self.context.fit_prompt(p) for p in self.prompts]
         limits = [self.context.token_limit(len(p), config.max_new_tokens) for p in self.fitted]

@@ -111,7 +111,7 @@ class ModelRunner:
         self.model = model
         self.pad_id = pad_id
         self.device = device
-        self.max_context: int | None = getattr(model, "max_context", None)
+        self.max_context: int | None = model.max_context
         self.state: State | None = None
         self.length = 0  # cache slots filled (every row alike)
         self.capacity: int | None = None
@@ -154,11 +154,4 @@ class ModelRunner:
         self.state = self.state.select(index)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters (CPU for a model without any)."""
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
-__all__ = ["ContextPolicy", "ModelRunner", "model_device", "slide_keep"]
+__all__ = ["ContextPolicy", "ModelRunner", "slide_keep"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -71,15 +70,4 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run with dropout off; restore the model's training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-__all__ = ["eval_mode", "make_generator", "resolve_eos", "validate_request", "vocab_size_of"]
+__all__ = ["make_generator", "resolve_eos", "validate_request", "vocab_size_of"]

@@ -30,11 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GenerationConfig
+from ..models.base import eval_mode, model_device
 from ..tokenizers.base import Tokenizer
 from .beam import beam_search
-from .context import ContextPolicy, ModelRunner, model_device
+from .context import ContextPolicy, ModelRunner
 from .processors import PAD, apply_processors, build_processors
-from .request import eval_mode, make_generator, resolve_eos, validate_request, vocab_size_of
+from .request import make_generator, resolve_eos, validate_request, vocab_size_of
 from .results import Generation, make_generation
 from .stopping import TextTracker
 
@@ -67,7 +68,7 @@ class DecodeRun:
         self.tokenizer = tokenizer
         self.prompts = [list(p) for p in prompts]
         self.device = device = model_device(model)
-        self.context = ContextPolicy(getattr(model, "max_context", None), config.context_policy)
+        self.context = ContextPolicy(model.max_context, config.context_policy)
         self.runner = ModelRunner(model, pad_id=pad_id, device=device)
         self.fitted = [self.context.fit_prompt(p) for p in self.prompts]
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..models.base import eval_mode
 from ..tokenizers.base import Tokenizer
-from .request import eval_mode, resolve_eos, validate_request
+from .request import resolve_eos, validate_request
 from .search import DecodeRun, generate
 
 

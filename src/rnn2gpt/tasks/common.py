@@ -24,7 +24,7 @@ from ..config import GenerationConfig
 from ..data.parallel import pad_sources
 from ..errors import ConfigError
 from ..generation import generate
-from ..models.base import Recorder
+from ..models.base import Recorder, eval_mode
 from ..tokenizers.base import pick_source_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def special_ids(tokenizer: object) -> tuple[int, int, int]:
 
 def source_limit(model: nn.Module) -> int | None:
     """The longest source (tokens) the model takes: its positions, or None (RNNs)."""
-    return getattr(model, "max_context", None)
+    return model.max_context
 
 
 def encode_sources(tokenizer: object, texts: Sequence[str], limit: int | None) -> list[list[int]]:
@@ -142,13 +142,9 @@ def cross_attention(
     tgt = torch.tensor([[bos, *output_ids]], dtype=torch.long, device=device)
     found: dict[str, torch.Tensor] = {}
     recorder: Recorder = lambda name, t: found.__setitem__(name, t)  # noqa: E731
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             model(tgt, source=src, recorder=recorder)
-    finally:
-        model.train(was_training)
     names = sorted(n for n in found if n.endswith("cross_attention"))
     if not names:
         raise ConfigError("this model reports no cross-attention weights")

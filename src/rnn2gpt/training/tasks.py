@@ -37,6 +37,7 @@ from ..data.parallel import (
     load_parallel,
     pair_eval_batches,
 )
+from ..models.base import eval_mode
 from ..tokenizers.base import pick_source_tokenizer
 from .precision import autocast
 
@@ -200,13 +201,10 @@ class Seq2SeqTask:
         if data is None or n == 0:
             return {}
         settings = GenerationConfig(temperature=0.0, num_beams=tc.metric_beams, max_new_tokens=256)
-        was_training = model.training
-        try:
+        with eval_mode(model):
             ids = decode_ids(
                 model, self.tokenizer, sources[:n], settings, source_tokenizer=self.source_tokenizer
             )
-        finally:
-            model.train(was_training)
         hypotheses = [self.tokenizer.decode(t).strip() for t in ids]
         references = data.references[:n]
         if tc.task == "translation":
