@@ -18,7 +18,7 @@ from . import __version__
 from .errors import ConfigError, Rnn2GptError
 
 if TYPE_CHECKING:
-    from .analysis.compare import CompareSettings
+    from .experiments.compare import CompareSettings
 
 logger = logging.getLogger("rnn2gpt")
 
@@ -461,8 +461,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .analysis.compare import TABLE_COLUMNS, refresh_comparison, run_comparison
-    from .analysis.compare_report import results_rows
+    from .experiments.compare import (
+        TABLE_COLUMNS,
+        refresh_comparison,
+        results_rows,
+        run_comparison,
+    )
 
     if args.retime and not args.report_only:
         raise ConfigError("--retime times a finished comparison again; add --report-only")
@@ -478,8 +482,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _compare_settings(args: argparse.Namespace) -> CompareSettings:
     """The comparison the ``compare`` command's options ask for."""
-    from .analysis.compare import CompareSettings
     from .config import parse_duration
+    from .experiments.compare import CompareSettings
 
     return CompareSettings(
         data=args.data,

@@ -6,9 +6,9 @@ import base64
 import sys
 
 from rnn2gpt.analysis import plots
-from rnn2gpt.analysis.compare import Comparison, ModelRun
-from rnn2gpt.analysis.compare_report import comparison_report
 from rnn2gpt.analysis.report import Report
+from rnn2gpt.experiments.compare import Comparison, ModelRun
+from rnn2gpt.experiments.compare.report import comparison_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

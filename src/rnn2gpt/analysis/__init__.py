@@ -2,23 +2,12 @@
 
 - plots.py: loss curves, validation curves of several runs, gradient-flow plot
 - report.py: :class:`Report`, written as Markdown and self-contained HTML
-- compare.py (+ compare_report.py, compare_worker.py): the architecture comparison
 - analyze.py: one model inside out, from gradient_flow.py, attention.py, gates.py,
   token_view.py and :mod:`rnn2gpt.evaluation.diversity`
 """
 
 from .analyze import AnalysisResult, AnalyzeOptions, analyze_model
 from .attention import attention_maps, plot_attention
-from .compare import (
-    CompareSettings,
-    Comparison,
-    ModelRun,
-    build_configs,
-    count_model_parameters,
-    run_comparison,
-    size_to_target,
-)
-from .compare_report import write_comparison_report
 from .gates import gate_activations, plot_gates
 from .gradient_flow import GradientFlow, gradient_flow, input_gradient_norms
 from .plots import (
@@ -34,16 +23,11 @@ from .token_view import TokenScore, score_text, write_token_view
 __all__ = [
     "AnalysisResult",
     "AnalyzeOptions",
-    "CompareSettings",
-    "Comparison",
     "GradientFlow",
-    "ModelRun",
     "Report",
     "TokenScore",
     "analyze_model",
     "attention_maps",
-    "build_configs",
-    "count_model_parameters",
     "gate_activations",
     "gradient_flow",
     "input_gradient_norms",
@@ -54,9 +38,6 @@ __all__ = [
     "plot_loss_curve",
     "plot_validation_curves",
     "read_metrics",
-    "run_comparison",
     "score_text",
-    "size_to_target",
-    "write_comparison_report",
     "write_token_view",
 ]

@@ -8,7 +8,10 @@ import re
 
 import pytest
 
-from rnn2gpt.analysis.compare import (
+from rnn2gpt.cli import main
+from rnn2gpt.config import ARCHITECTURES, ModelConfig
+from rnn2gpt.errors import ConfigError
+from rnn2gpt.experiments.compare import (
     TABLE_COLUMNS,
     CompareSettings,
     ModelRun,
@@ -18,9 +21,6 @@ from rnn2gpt.analysis.compare import (
     size_to_target,
     split_overrides,
 )
-from rnn2gpt.cli import main
-from rnn2gpt.config import ARCHITECTURES, ModelConfig
-from rnn2gpt.errors import ConfigError
 from rnn2gpt.models import build_model
 
 TINY = (

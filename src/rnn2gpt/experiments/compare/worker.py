@@ -1,10 +1,10 @@
 """Worker process of the architecture comparison: trains one model, reports its measurements.
 
-``python -m rnn2gpt.analysis.compare_worker JOB.json`` reads the job :func:`compare.run_comparison`
+``python -m rnn2gpt.experiments.compare.worker JOB.json`` reads the job :func:`runner.run_comparison`
 wrote (the model's name and config, its run folder, the generation settings, where to write the
-result), runs :func:`compare.run_model` with memory measurement on, and writes the result JSON.
+result), runs :func:`runner.run_model` with memory measurement on, and writes the result JSON.
 A user error (bad data, bad setting) is written as ``{"error": message}`` and exits with 2, so the
-parent can show the one-line message. The module is not imported by ``rnn2gpt.analysis``, so
+parent can show the one-line message. The module is not imported by ``rnn2gpt.experiments.compare``, so
 running it with ``-m`` imports it exactly once.
 """
 
@@ -15,14 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import RunConfig
-from ..errors import Rnn2GptError
-from .compare import run_model
+from ...config import RunConfig
+from ...errors import Rnn2GptError
+from .runner import run_model
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m rnn2gpt.analysis.compare_worker JOB.json", file=sys.stderr)
+        print("usage: python -m rnn2gpt.experiments.compare.worker JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     result_file = Path(job["result"])

@@ -1,6 +1,6 @@
 """The architecture-comparison report: ``report.md`` and a self-contained ``report.html``.
 
-It reads only a :class:`~rnn2gpt.analysis.compare.Comparison` (and each run's ``metrics.jsonl``
+It reads only a :class:`~rnn2gpt.experiments.compare.types.Comparison` (and each run's ``metrics.jsonl``
 for the curves), so a report can be rebuilt from ``comparison.json`` without training again.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .compare import CURVES_FILE, TABLE_COLUMNS, Comparison, ModelRun
-from .plots import (
+from ...analysis.plots import (
     MATPLOTLIB_HINT,
     matplotlib_available,
     plot_gradient_flow,
     plot_validation_curves,
 )
-from .report import Report
+from ...analysis.report import Report
+from .types import CURVES_FILE, TABLE_COLUMNS, Comparison, ModelRun
 
 TITLE = "From RNN to GPT, side by side"
 GRADIENT_FLOW_FILE = "gradient_flow.png"
