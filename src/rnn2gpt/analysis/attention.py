@@ -7,16 +7,22 @@ upper triangle is zero). A model that records no attention (the RNN family) yiel
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..tasks.decoding import cross_attention, encode_sources, source_limit
+from ..tasks.runner import Seq2SeqRunner, load_seq2seq
 from .common import record_internals
-from .plots import new_figure
+from .plots import new_figure, save_figure
+
+logger = logging.getLogger(__name__)
 
 _ATTENTION = re.compile(r"^layer(\d+)\.attention$")
 MAX_TICK_LABELS = 48  # beyond this, token labels overlap: positions are shown instead
@@ -98,4 +104,50 @@ def _printable(piece: str) -> str:
     return piece.replace("\n", "↵").replace(" ", "·").replace("\t", "→") or "∅"
 
 
-__all__ = ["attention_maps", "plot_attention"]
+def plot_cross_attention(
+    checkpoint: str | os.PathLike[str] | Seq2SeqRunner,
+    source: str,
+    out_png: str | os.PathLike[str],
+    *,
+    output: str | None = None,
+    num_beams: int = 1,
+) -> Path | None:
+    """Heatmap of the decoder's last-layer cross-attention (heads averaged) for ``source``.
+
+    ``output``: the text to force-decode (default: the model's own output). Returns the PNG's
+    path, or None when matplotlib is missing.
+    """
+
+    runner = load_seq2seq(checkpoint)
+    tokenizer, src_tokenizer = runner.tokenizer, runner.source_tokenizer
+    if output is None:
+        output = runner.run([source], num_beams=num_beams)[0]
+    out_ids = tokenizer.encode(output) if output else []
+    weights = cross_attention(
+        runner.model, tokenizer, source, out_ids, source_tokenizer=src_tokenizer
+    )  # (T, S)
+    src_ids = encode_sources(src_tokenizer, [source], source_limit(runner.model))[0]
+    fig = new_figure(figsize=(max(4.0, 0.4 * len(src_ids) + 2), max(3.0, 0.35 * len(out_ids) + 2)))
+    if fig is None:
+        logger.warning("matplotlib is not installed: no attention plot")
+        return None
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(weights.cpu().numpy(), aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(src_ids)))
+    ax.set_xticklabels([_piece(src_tokenizer, i) for i in src_ids], rotation=90, fontsize=8)
+    rows = [*out_ids, None]
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(["<eos>" if i is None else _piece(tokenizer, i) for i in rows], fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    fig.colorbar(image, ax=ax)
+    return save_figure(fig, out_png)
+
+def _piece(tokenizer: Any, token: int) -> str:
+    try:
+        return tokenizer.decode([token]).strip() or repr(tokenizer.decode([token]))
+    except Exception:  # noqa: BLE001 - a label is never worth failing a plot
+        return str(token)
+
+
+__all__ = ["attention_maps", "plot_attention", "plot_cross_attention"]

@@ -1,186 +1,228 @@
-"""Loading an encoder-decoder checkpoint and running it over texts: the engine of both tasks."""
+"""Sequence to sequence: translation and summarization, one task configured by its metric.
+
+- batches of pairs bucketed by length (:class:`~rnn2gpt.data.parallel.PairBatches`),
+  deterministic per (seed, rank, step), so resuming is exact;
+- cross-entropy over target tokens only (padding ignored), with optional label smoothing;
+- validation loss and perplexity (no smoothing), and the task's metric of decoded validation
+  pairs (BLEU for translation, ROUGE-1/2/L for summarization) when ``train.early_stop_metric``
+  asks for it.
+
+Sources are encoded (and padded) with the source tokenizer of a run with
+``tokenizer.separate = true``, else with the joint tokenizer; targets and decoded outputs always
+use ``tokenizer``. Sources and targets are cut to the model's positions (``model.max_context``)
+when it has a limit.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from ..config import GenerationConfig
-from ..errors import CheckpointError, ConfigError
-from ..models.base import use_inference_layout
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GenerationConfig, RunConfig
+from ..data.parallel import (
+    IGNORE_INDEX,
+    PairBatch,
+    PairBatches,
+    ParallelCorpus,
+    encode_pairs,
+    filter_pairs,
+    load_parallel,
+    pair_eval_batches,
+)
+from ..errors import ConfigError
+from ..evaluation import lm_metrics
+from ..models.base import eval_mode, model_device
 from ..tokenizers.base import pick_source_tokenizer
-from .common import cross_attention, decode_texts, encode_sources, source_limit
+from .base import TaskContext, register_task
+from .decoding import decode_ids, special_ids
 
 logger = logging.getLogger(__name__)
 
+# The metric each task decodes, the values train.early_stop_metric may take for it, and the
+# package that computes them (the [eval] extra).
+METRICS = {
+    "translation": (("bleu",), "sacrebleu"),
+    "summarization": (("rouge1", "rouge2", "rougeL"), "rouge_score"),
+}
 
-@dataclass
-class Seq2SeqRunner:
-    """An encoder-decoder checkpoint ready to decode: model, tokenizers, task and settings.
 
-    ``tokenizer`` is the target (or joint) tokenizer; ``source_tokenizer`` encodes the inputs:
-    the checkpoint's own source tokenizer (``tokenizer.separate = true``), else ``tokenizer``.
+class Seq2SeqTask:
+    """Pairs, loss and metrics of a translation or summarization run.
+
+    ``tokenizer`` encodes targets and decodes outputs; ``source_tokenizer`` (a run with
+    ``tokenizer.separate = true``) encodes sources, which otherwise ``tokenizer`` does.
     """
 
-    model: Any
-    tokenizer: Any
-    task: str  # translation | summarization
-    generation: GenerationConfig
-    data_config: Any = None  # the training run's DataConfig (JSON Lines field names)
-    source_tokenizer: Any = None  # None = the joint tokenizer
-
-    def __post_init__(self) -> None:
-        self.source_tokenizer = pick_source_tokenizer(self.tokenizer, self.source_tokenizer)
-
-    def run(
+    def __init__(
         self,
-        texts: Sequence[str],
-        *,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        batch_size: int = 32,
-        length_penalty: float | None = None,
-    ) -> list[str]:
-        """Output text for each input text (beam search with ``num_beams > 1``, else greedy)."""
-        settings = replace(self.generation, temperature=0.0)
-        if num_beams is not None:
-            settings = replace(settings, num_beams=num_beams)
-        if max_new_tokens is not None:
-            settings = replace(settings, max_new_tokens=max_new_tokens)
-        if length_penalty is not None:
-            settings = replace(settings, length_penalty=length_penalty)
-        return decode_texts(
-            self.model,
-            self.tokenizer,
-            texts,
-            settings,
-            batch_size=batch_size,
-            source_tokenizer=self.source_tokenizer,
+        config: RunConfig,
+        corpus: ParallelCorpus,
+        tokenizer: Any,
+        source_tokenizer: Any,
+        model: nn.Module,
+        context: TaskContext,
+    ) -> None:
+        self.config = config
+        self.metric_names, self.metric_package = METRICS[config.train.task]
+        self.tokenizer = tokenizer
+        self.source_tokenizer = pick_source_tokenizer(tokenizer, source_tokenizer)
+        self.corpus = corpus
+        self.bos, self.eos, self.pad = special_ids(tokenizer)
+        # Sources end in (and are padded with) their own tokenizer's specials.
+        _, self.src_eos, self.src_pad = special_ids(self.source_tokenizer)
+        dc, tc = config.data, config.train
+        limit = model.max_context or 0
+        max_src = min((x for x in (dc.max_source_len, limit) if x), default=0)
+        max_tgt = min((x for x in (dc.max_target_len, limit) if x), default=0)
+
+        sources, targets = self._encode(corpus.train)
+        keep = filter_pairs(sources, targets, max_src, max_tgt)
+        if len(keep) < len(sources):
+            logger.info("kept %d of %d training pairs (length limits)", len(keep), len(sources))
+        self.train_sources = [sources[i] for i in keep]
+        self.train_targets = [targets[i] for i in keep]
+        train_tokens = sum(len(t) + 1 for t in self.train_targets)
+        self.specials = {
+            "bos_id": self.bos,
+            "eos_id": self.eos,
+            "pad_id": self.pad,
+            "src_pad_id": self.src_pad,
+        }
+        ranks = {"rank": context.rank, "world_size": context.world_size}
+        self.batches = PairBatches(
+            self.train_sources, self.train_targets, tc.batch_size, tc.seed, **ranks, **self.specials
+        )
+        self.splits = {"val": self._encode_eval(corpus.val, limit)}
+        if corpus.test is not None:
+            self.splits["test"] = self._encode_eval(corpus.test, limit)
+        self.has_test = "test" in self.splits
+        mean_target = train_tokens / max(len(self.train_targets), 1)
+        self.tokens_per_step = int(self.batches.batch_size * mean_target)
+        self.description = (
+            f"{len(self.train_sources):,} training pairs ({train_tokens:,} target tokens), "
+            f"{self.batches.batch_size} pairs per micro-batch"
         )
 
+    # ------------------------------------------------------------------ the Task protocol
 
-def load_seq2seq(
-    checkpoint: str | os.PathLike[str] | Seq2SeqRunner, *, device: str = "cpu"
-) -> Seq2SeqRunner:
-    """A :class:`Seq2SeqRunner` from a checkpoint (or run) directory; CheckpointError when the
-    checkpoint is a language model."""
-    if isinstance(checkpoint, Seq2SeqRunner):
-        return checkpoint
-    from ..checkpoint import load_checkpoint
-    from ..models.seq2seq import is_seq2seq
+    def check(self) -> None:
+        """The metric fits the task and its package is installed; there is something to score."""
+        metric = self.config.train.early_stop_metric
+        if metric != "val_loss" and metric not in self.metric_names:
+            raise ConfigError(
+                f"train.early_stop_metric={metric} does not fit train.task="
+                f"{self.config.train.task}: use val_loss or {' or '.join(self.metric_names)}"
+            )
+        if metric != "val_loss" and importlib.util.find_spec(self.metric_package) is None:
+            raise ConfigError(
+                f"train.early_stop_metric={metric} needs the {self.metric_package} package, which "
+                "is not installed: pip install 'rnn2gpt[eval]' (or set "
+                "train.early_stop_metric=val_loss)"
+            )
+        if not self.splits["val"][0]:
+            raise ConfigError("the validation data holds no pairs; give a validation file")
 
-    path = Path(checkpoint).expanduser()
-    if not (path / "config.json").exists():
-        for sub in ("best", "last"):
-            if (path / sub / "config.json").exists():
-                path = path / sub
-                break
-    ckpt = load_checkpoint(path, map_location=device)
-    if not is_seq2seq(ckpt.model):
-        raise CheckpointError(
-            f"{path} holds a {ckpt.config.model.arch} language model; translate and summarize "
-            "need an encoder-decoder (train one with --task translation or summarization)"
+    def batch(self, index: int) -> PairBatch:
+        return self.batches.get(index)
+
+    def loss(
+        self, model: nn.Module, batch: PairBatch, state: Any
+    ) -> tuple[torch.Tensor, int, None]:
+        """Mean (label-smoothed) cross-entropy over the batch's target tokens and their count;
+        nothing is carried between batches."""
+        batch = batch.to(model_device(model))
+        logits, _ = model(batch.tgt_in, source=batch.src, source_mask=batch.src_mask)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            batch.tgt_out.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.config.train.label_smoothing,
         )
-    task = ckpt.config.train.task if ckpt.config.train.task != "lm" else "translation"
-    use_inference_layout(ckpt.model.eval())  # as rnn2gpt.load: faster decoding, same results
-    return Seq2SeqRunner(
-        ckpt.model,
-        ckpt.tokenizer,
-        task,
-        ckpt.config.generate,
-        ckpt.config.data,
-        source_tokenizer=ckpt.source_tokenizer,
-    )
+        return loss, batch.num_tokens, None
 
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, max_batches: int = 0) -> tuple[float, int]:
+        """Mean token cross-entropy (no smoothing) on ``split``, and the tokens scored."""
+        sources, targets = self.splits[split]
+        device = model_device(model)
+        total, count = 0.0, 0
+        with eval_mode(model):
+            for batch in pair_eval_batches(
+                sources,
+                targets,
+                self.config.train.batch_size,
+                max_batches=max_batches,
+                **self.specials,
+            ):
+                batch = batch.to(device)
+                logits, _ = model(batch.tgt_in, source=batch.src, source_mask=batch.src_mask)
+                loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)),
+                    batch.tgt_out.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+                total += float(loss)
+                count += batch.num_tokens
+        return total / max(count, 1), count
 
-def evaluate_seq2seq(
-    checkpoint: str | os.PathLike[str] | Seq2SeqRunner,
-    sources: Sequence[str],
-    references: Sequence[str] | Sequence[Sequence[str]],
-    *,
-    task: str | None = None,
-    num_beams: int = 1,
-    max_new_tokens: int | None = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Decode ``sources`` and score against ``references`` (one or a list per source).
+    def score(self, loss: float, tokens: int, split: str) -> dict[str, Any]:
+        return lm_metrics(loss, tokens)  # no characters per token: pairs, not one text
 
-    Returns dict(task, count, num_beams, hypotheses, and bleu + signature (translation) or
-    rouge1/rouge2/rougeL (summarization)).
-    """
-    from ..evaluation.bleu_rouge import bleu, rouge
+    def decode_metrics(self, model: nn.Module) -> dict[str, float]:
+        """BLEU (translation) or ROUGE (summarization) of the first ``train.metric_samples``
+        validation pairs, decoded with ``train.metric_beams`` beams."""
+        from ..evaluation.bleu_rouge import bleu, rouge
 
-    runner = load_seq2seq(checkpoint)
-    task = task or runner.task
-    if task not in ("translation", "summarization"):
-        raise ConfigError(f"task must be translation or summarization (got {task!r})")
-    if len(sources) != len(references):
-        raise ConfigError(
-            f"{len(sources)} sources but {len(references)} references; the files must align"
+        tc = self.config.train
+        sources = self.splits["val"][0]
+        n = len(sources) if tc.metric_samples <= 0 else min(tc.metric_samples, len(sources))
+        if n == 0:
+            return {}
+        settings = GenerationConfig(temperature=0.0, num_beams=tc.metric_beams, max_new_tokens=256)
+        ids = decode_ids(
+            model, self.tokenizer, sources[:n], settings, source_tokenizer=self.source_tokenizer
         )
-    hypotheses = runner.run(
-        sources, num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    result: dict[str, Any] = {"task": task, "count": len(sources), "num_beams": num_beams}
-    if task == "translation":
-        scores = bleu(hypotheses, references)
-        result.update(bleu=scores["bleu"], signature=scores["signature"])
-    else:
-        result.update(rouge(hypotheses, references))
-    result["hypotheses"] = hypotheses
-    return result
+        hypotheses = [self.tokenizer.decode(t).strip() for t in ids]
+        references = self.corpus.val.references[:n]
+        if "bleu" in self.metric_names:
+            return {"bleu": bleu(hypotheses, references)["bleu"]}
+        return rouge(hypotheses, references)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode(self, split: Any) -> tuple[list[list[int]], list[list[int]]]:
+        """Source ids (ending in the source eos) and target ids of ``split``."""
+        return encode_pairs(
+            split, self.tokenizer, eos_id=self.src_eos, source_tokenizer=self.source_tokenizer
+        )
+
+    def _encode_eval(self, split: Any, limit: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Evaluation pairs, all kept; cut to the model's positions when it has a limit."""
+        sources, targets = self._encode(split)
+        if limit:
+            sources = [s if len(s) <= limit else s[: limit - 1] + [self.src_eos] for s in sources]
+            targets = [t[: limit - 1] for t in targets]
+        # A target must hold at least its eos to be scored; empty lines still score that.
+        return sources, targets
 
 
-def plot_cross_attention(
-    checkpoint: str | os.PathLike[str] | Seq2SeqRunner,
-    source: str,
-    out_png: str | os.PathLike[str],
-    *,
-    output: str | None = None,
-    num_beams: int = 1,
-) -> Path | None:
-    """Heatmap of the decoder's last-layer cross-attention (heads averaged) for ``source``.
-
-    ``output``: the text to force-decode (default: the model's own output). Returns the PNG's
-    path, or None when matplotlib is missing.
-    """
-    from ..analysis.plots import new_figure, save_figure
-
-    runner = load_seq2seq(checkpoint)
-    tokenizer, src_tokenizer = runner.tokenizer, runner.source_tokenizer
-    if output is None:
-        output = runner.run([source], num_beams=num_beams)[0]
-    out_ids = tokenizer.encode(output) if output else []
-    weights = cross_attention(
-        runner.model, tokenizer, source, out_ids, source_tokenizer=src_tokenizer
-    )  # (T, S)
-    src_ids = encode_sources(src_tokenizer, [source], source_limit(runner.model))[0]
-    fig = new_figure(figsize=(max(4.0, 0.4 * len(src_ids) + 2), max(3.0, 0.35 * len(out_ids) + 2)))
-    if fig is None:
-        logger.warning("matplotlib is not installed: no attention plot")
-        return None
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(weights.cpu().numpy(), aspect="auto", cmap="viridis", vmin=0.0)
-    ax.set_xticks(range(len(src_ids)))
-    ax.set_xticklabels([_piece(src_tokenizer, i) for i in src_ids], rotation=90, fontsize=8)
-    rows = [*out_ids, None]
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(["<eos>" if i is None else _piece(tokenizer, i) for i in rows], fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
-    fig.colorbar(image, ax=ax)
-    return save_figure(fig, out_png)
+@register_task("translation", "summarization", load_corpus=load_parallel)
+def build_seq2seq_task(
+    config: RunConfig,
+    corpus: ParallelCorpus,
+    tokenizer: Any,
+    source_tokenizer: Any,
+    model: nn.Module,
+    context: TaskContext,
+) -> Seq2SeqTask:
+    """Builder registered for ``train.task`` translation and summarization."""
+    return Seq2SeqTask(config, corpus, tokenizer, source_tokenizer, model, context)
 
 
-def _piece(tokenizer: Any, token: int) -> str:
-    try:
-        return tokenizer.decode([token]).strip() or repr(tokenizer.decode([token]))
-    except Exception:  # noqa: BLE001 - a label is never worth failing a plot
-        return str(token)
-
-
-__all__ = ["Seq2SeqRunner", "evaluate_seq2seq", "load_seq2seq", "plot_cross_attention"]
+__all__ = ["METRICS", "Seq2SeqTask", "build_seq2seq_task"]
