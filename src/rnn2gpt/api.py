@@ -15,12 +15,15 @@ from typing import Any
 
 import torch
 
+from .checkpoint import read_config, resolve_checkpoint_dir, resume_dir
 from .config import DEFAULT_PRESET, GenerationConfig, RunConfig, load_preset, parse_duration
 from .errors import ConfigError
 from .models.base import use_inference_layout
 from .tokenizers.base import encode_prompt
 
 logger = logging.getLogger(__name__)
+
+LOSS_CURVE_FILE = "loss_curve.png"
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -138,17 +141,35 @@ def load(directory: str | Path, *, dtype: str = "fp32", device: str = "cpu") -> 
     return TextGenerator(checkpoint)
 
 
-def resolve_checkpoint_dir(directory: str | Path) -> Path:
-    """Accept a run directory too: prefer its ``best/``, then ``last/`` checkpoint."""
-    path = Path(directory)
-    if not (path / "config.json").exists():
-        for sub in ("best", "last"):
-            if (path / sub / "config.json").exists():
-                return path / sub
-    return path
-
-
 # ---------------------------------------------------------------------- training
+
+
+# A translation or summarization run without a preset (the presets' models are language models)
+# gets an encoder-decoder of the default shape over a joint BPE vocabulary, unless told otherwise.
+# Its runs go to runs/<task>.
+SEQ2SEQ_DEFAULTS: dict[str, dict[str, Any]] = {
+    task: {
+        "model": {"arch": "transformer", "n_head": 4},
+        "tokenizer": {"kind": "bpe", "vocab_size": 8000},
+        "run_name": task,
+    }
+    for task in ("translation", "summarization")
+}
+
+# TrainRequest's named options and the settings they set.
+_OPTION_KEYS = {
+    "data": ("data", "path"),
+    "val_data": ("data", "val_path"),
+    "data_dir": ("data", "data_dir"),
+    "source": ("data", "source_path"),
+    "target": ("data", "target_path"),
+    "val_source": ("data", "val_source_path"),
+    "val_target": ("data", "val_target_path"),
+    "model": ("model", "arch"),
+    "tokenizer": ("tokenizer", "kind"),
+    "seed": ("train", "seed"),
+    "task": ("train", "task"),
+}
 
 
 @dataclass(frozen=True)
@@ -165,9 +186,16 @@ class TrainRequest:
     max_time: str | float | None = None
     seed: int | None = None
     overrides: tuple[str, ...] = ()
+    # Sequence to sequence: the task and line-aligned files (see train.task, data.*_path).
+    task: str | None = None
+    source: str | None = None
+    target: str | None = None
+    val_source: str | None = None
+    val_target: str | None = None
+    separate_tokenizers: bool = False
 
     def run_config(self, base: RunConfig | None = None) -> RunConfig:
-        """Defaults < preset (or ``base``) < named options < ``--set`` overrides; validated.
+        """Defaults < preset (or ``base``) < named options < ``overrides``; validated.
 
         ``base`` is the saved configuration of a run being resumed: only what the user names
         explicitly changes it.
@@ -175,38 +203,47 @@ class TrainRequest:
         if base is not None and self.preset is not None:
             raise ConfigError("a resumed run keeps its own settings; drop --preset (use --set)")
         config = base if base is not None else load_preset(self.preset or DEFAULT_PRESET)
-        data_values = {
-            k: v
-            for k, v in (
-                ("path", self.data),
-                ("val_path", self.val_data),
-                ("data_dir", self.data_dir),
-            )
-            if v is not None
-        }
+        named: dict[str, dict[str, Any]] = {}
+        for option, (section, key) in _OPTION_KEYS.items():
+            value = getattr(self, option)
+            if value is not None:
+                named.setdefault(section, {})[key] = value
         if self.data is not None and self.val_data is None:
             # A new corpus replaces the preset's whole data section (its validation/test files).
-            data_values.update(val_path="", test_path="")
-        if data_values:
-            config = config.with_values("data", **data_values)
-        if self.model is not None:
-            config = config.with_values("model", arch=self.model)
-        if self.tokenizer is not None:
-            config = config.with_values("tokenizer", kind=self.tokenizer)
-        train_values: dict[str, Any] = {}
-        if self.max_steps is not None:
-            train_values["max_steps"] = int(self.max_steps)
-            if self.max_time is None:
-                train_values["max_time"] = 0.0  # an explicit step budget replaces the preset's time
-        if self.max_time is not None:
-            train_values["max_time"] = parse_duration(self.max_time)
-            if self.max_steps is None:
-                train_values["max_steps"] = 10**9
-        if self.seed is not None:
-            train_values["seed"] = int(self.seed)
-        if train_values:
-            config = config.with_values("train", **train_values)
+            named["data"].update(val_path="", test_path="")
+        if self.separate_tokenizers:
+            named.setdefault("tokenizer", {})["separate"] = True
+        named.setdefault("train", {}).update(self._budget())
+        for section, values in named.items():
+            config = config.with_values(section, **values)
+        config = self._task_defaults(config, resumed=base is not None)
         return config.with_overrides(list(self.overrides)).validate()
+
+    def _budget(self) -> dict[str, Any]:
+        """An explicit step budget replaces the preset's time budget, and the other way round."""
+        values: dict[str, Any] = {}
+        if self.max_steps is not None:
+            values.update(max_steps=int(self.max_steps), max_time=0.0)
+        if self.max_time is not None:
+            values.update(max_time=parse_duration(self.max_time))
+            values.setdefault("max_steps", 10**9)
+        return values
+
+    def _task_defaults(self, config: RunConfig, *, resumed: bool) -> RunConfig:
+        """A new run of a task with defaults of its own (:data:`SEQ2SEQ_DEFAULTS`) and no preset
+        gets its model and tokenizer, where the user named none."""
+        defaults = SEQ2SEQ_DEFAULTS.get(config.train.task)
+        if defaults is None or resumed or self.preset is not None:
+            return config
+        for section, option in (("model", self.model), ("tokenizer", self.tokenizer)):
+            if option is None:
+                config = config.with_values(section, **defaults[section])
+        return config
+
+    def default_out(self) -> Path:
+        """``runs/<preset>``, or ``runs/<task>`` for a sequence-to-sequence run without one."""
+        task_run = SEQ2SEQ_DEFAULTS.get(str(self.task), {}).get("run_name")
+        return Path("runs") / Path(self.preset or task_run or DEFAULT_PRESET).stem
 
 
 def train(
@@ -221,14 +258,15 @@ def train(
 ):
     """Train a model; mirrors ``rnn2gpt train``. Returns the trainer's ``TrainResult``.
 
-    Options: ``data``, ``val_data``, ``data_dir``, ``model`` (rnn|lstm|gru|gpt), ``tokenizer``
-    (char|word|bpe), ``max_steps``, ``max_time`` ("10m"), ``seed``, ``overrides``
-    (["train.lr=3e-4", ...]). Pass ``config`` to give a complete :class:`RunConfig` instead.
-    ``resume=True`` continues the run in ``out`` with its saved settings (options given here
-    still apply, e.g. a longer ``max_steps``). ``overwrite=True`` lets a new run replace the
-    checkpoints already in ``out``.
+    Options: ``data``, ``val_data``, ``data_dir``, ``model`` (rnn|lstm|gru|gpt|seq2seq-rnn|
+    transformer), ``tokenizer`` (char|word|bpe), ``max_steps``, ``max_time`` ("10m"), ``seed``,
+    ``overrides`` (["train.lr=3e-4", ...]), and for translation and summarization ``task``,
+    ``source``, ``target``, ``val_source``, ``val_target``, ``separate_tokenizers``. Pass
+    ``config`` to give a complete :class:`RunConfig` instead. ``resume=True`` continues the run
+    in ``out`` with its saved settings (options given here still apply, e.g. a longer
+    ``max_steps``). ``overwrite=True`` lets a new run replace the checkpoints already in ``out``.
+    The run's loss curve is drawn to ``out/loss_curve.png`` when it ends.
     """
-    from .checkpoint import read_config
     from .training import train as run_training
 
     valid = {f.name for f in dataclasses.fields(TrainRequest)} - {"preset"}
@@ -239,17 +277,37 @@ def train(
         )
     if "overrides" in options:
         options["overrides"] = tuple(options["overrides"])
-    out_dir = Path(out) if out is not None else Path("runs") / (preset or DEFAULT_PRESET)
+    request = TrainRequest(preset=preset, **options)
+    out_dir = Path(out) if out is not None else request.default_out()
     if config is None:
-        base = read_config(out_dir / "last") if resume and (out_dir / "last").is_dir() else None
-        config = TrainRequest(preset=preset, **options).run_config(base)
-    return run_training(
+        base = read_config(resume_dir(out_dir)) if resume else None
+        config = request.run_config(base)
+    result = run_training(
         config,
         out_dir,
         resume=resume,
         init_from=str(init_from) if init_from else None,
         overwrite=overwrite,
     )
+    draw_loss_curve(out_dir, config)
+    return result
+
+
+def draw_loss_curve(run_dir: str | Path, config: RunConfig) -> Path | None:
+    """``run_dir/loss_curve.png`` from the run's ``metrics.jsonl``; None without matplotlib or
+    when it cannot be drawn (a plot is never worth failing a finished run)."""
+    from .analysis import plot_loss_curve
+
+    run_dir = Path(run_dir)
+    try:
+        return plot_loss_curve(
+            run_dir / "metrics.jsonl",
+            run_dir / LOSS_CURVE_FILE,
+            title=f"{config.model.arch} on {config.tokenizer.kind} tokens",
+        )
+    except (OSError, ValueError) as exc:
+        logger.warning("could not draw the loss curve: %s", exc)
+        return None
 
 
 # ---------------------------------------------------------------------- fine-tuning and interop
@@ -299,7 +357,6 @@ def finetune(
     (``rnn2gpt train --resume OUT``); ``finetune`` always starts afresh from ``checkpoint``.
     """
     from .checkpoint import merge_lora_checkpoint as merge_checkpoint
-    from .checkpoint import read_config
     from .config import TrainConfig
     from .training import train as run_training
 
@@ -340,6 +397,7 @@ def finetune(
                 f"{merged} already exists; choose another --out folder or pass --overwrite"
             )
     result = run_training(config, out_dir, init_from=str(source), overwrite=overwrite)
+    draw_loss_curve(out_dir, config)
     if merge and not result.interrupted:
         result.merged_dir = merge_checkpoint(out_dir / "best", merged, overwrite=True)
     return result

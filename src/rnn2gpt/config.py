@@ -36,6 +36,11 @@ TASKS = ("lm", "translation", "summarization")
 TOKENIZER_KINDS = ("char", "word", "bpe")
 
 
+def _flag(name: str, help: str, metavar: str | None = None) -> dict[str, Any]:
+    """A field's command-line flag (``rnn2gpt generate`` builds its options from these)."""
+    return {"flag": name, "help": help, "metavar": metavar}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a language model. ``vocab_size`` is filled in from the tokenizer."""
@@ -260,27 +265,62 @@ class GenerationConfig:
     presence/frequency penalties, temperature, top_k, top_p, min_p, typical_p.
     """
 
-    max_new_tokens: int = 200
-    min_new_tokens: int = 0
-    temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    typical_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages repeats (CTRL-style)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = field(
+        default=200, metadata=_flag("--max-new-tokens", "tokens to generate")
+    )
+    min_new_tokens: int = field(
+        default=0, metadata=_flag("--min-new-tokens", "forbid end-of-sequence before this many")
+    )
+    temperature: float = field(default=0.8, metadata=_flag("--temperature", "0 = greedy"))
+    top_k: int = field(
+        default=0, metadata=_flag("--top-k", "sample among the k likeliest; 0 = off")
+    )
+    top_p: float = field(
+        default=1.0, metadata=_flag("--top-p", "nucleus: the smallest set of mass p; 1 = off")
+    )
+    min_p: float = field(
+        default=0.0, metadata=_flag("--min-p", "drop tokens below p x the top probability; 0 = off")
+    )
+    typical_p: float = field(
+        default=1.0, metadata=_flag("--typical-p", "locally typical sampling mass; 1 = off")
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata=_flag("--repetition-penalty", "> 1 discourages repeats (CTRL); 1 = off"),
+    )
+    presence_penalty: float = field(
+        default=0.0, metadata=_flag("--presence-penalty", "OpenAI-style, per generated token seen")
+    )
+    frequency_penalty: float = field(
+        default=0.0, metadata=_flag("--frequency-penalty", "OpenAI-style, per generated repeat")
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata=_flag("--no-repeat-ngram-size", "forbid repeating any n-gram; 0 = off")
+    )
     bad_words: tuple[str, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
-    num_beams: int = 1
-    length_penalty: float = 1.0
+    num_beams: int = field(
+        default=1, metadata=_flag("--num-beams", "beam search with this many beams")
+    )
+    length_penalty: float = field(
+        default=1.0, metadata=_flag("--length-penalty", "beam search: > 1 favours longer outputs")
+    )
     early_stopping: bool = False
-    num_return_sequences: int = 1
-    stop: tuple[str, ...] = ()
+    num_return_sequences: int = field(
+        default=1, metadata=_flag("--num-samples", "sequences per prompt")
+    )
+    stop: tuple[str, ...] = field(
+        default=(), metadata=_flag("--stop", "stop string (repeatable; \\n for a newline)", "TEXT")
+    )
     stop_at_eos: bool = True
-    context_policy: str = "slide"  # what to do when a GPT's context is full: slide | stop
-    seed: int | None = None
+    # What to do when a GPT's context is full: slide | stop.
+    context_policy: str = field(
+        default="slide",
+        metadata=_flag(
+            "--context-policy", "a full GPT context: slide the window or stop", "POLICY"
+        ),
+    )
+    seed: int | None = field(default=None, metadata=_flag("--seed", "sampling seed"))
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:

@@ -15,8 +15,9 @@ import pytest
 import torch
 from seq2seq_helpers import write_parallel_files
 
+from rnn2gpt.api import TrainRequest
 from rnn2gpt.checkpoint import SOURCE_TOKENIZER_DIR, load_checkpoint, save_checkpoint
-from rnn2gpt.cli import _seq2seq_train_overrides, build_parser, main
+from rnn2gpt.cli import build_parser, main
 from rnn2gpt.config import ModelConfig, RunConfig
 from rnn2gpt.errors import CheckpointError, ConfigError
 from rnn2gpt.models import build_model
@@ -110,9 +111,11 @@ def test_separate_tokenizers_are_for_seq2seq_tasks_only():
     config = RunConfig().with_overrides(["tokenizer.separate=true"])
     assert config.tokenizer.separate and not RunConfig().tokenizer.separate
     args = build_parser().parse_args(["train", "--task", "translation", "--separate-tokenizers"])
-    assert "tokenizer.separate=true" in _seq2seq_train_overrides(args)
+    request = TrainRequest(task=args.task, separate_tokenizers=args.separate_tokenizers)
+    assert request.run_config().tokenizer.separate
     args = build_parser().parse_args(["train", "--task", "translation"])
-    assert not any("separate" in s for s in _seq2seq_train_overrides(args))
+    request = TrainRequest(task=args.task, separate_tokenizers=args.separate_tokenizers)
+    assert not request.run_config().tokenizer.separate
 
 
 # --------------------------------------------------------------------------- models

@@ -146,7 +146,7 @@ def test_packed_runner_decodes_as_the_plain_model_and_the_top_level_api_agrees(
     require_packing(torch.float32)
     monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)  # pack even this tiny model
     from rnn2gpt.checkpoint import load_checkpoint
-    from rnn2gpt.tasks.common import decode_texts
+    from rnn2gpt.tasks.decoding import decode_texts
 
     run_dir, _ = trained_run
     runner = load_seq2seq(run_dir)

@@ -16,7 +16,7 @@ import rnn2gpt.models
 from rnn2gpt.checkpoint import load_checkpoint
 from rnn2gpt.errors import CheckpointError, DataError, TrainingError
 from rnn2gpt.training import train
-from rnn2gpt.training.trainer import _sigint_flag
+from rnn2gpt.training.signals import sigint_flag
 
 
 def events(run_dir, kind: str) -> list[dict]:
@@ -66,8 +66,10 @@ def test_word_and_bpe_tokenizers(tmp_path, make_run_config, kind, learning_seed)
 
 
 def test_outputs_of_a_run(tmp_path, make_run_config, capfd):
+    from rnn2gpt import api
+
     config = make_run_config("gpt", max_steps=12, eval_interval=6, log_interval=4, progress=True)
-    result = train(config, tmp_path / "run")
+    result = api.train(config=config, out=tmp_path / "run")  # the API also draws the loss curve
     bar = capfd.readouterr().err
     assert "12/12" in bar and "loss=" in bar and "tok/s=" in bar  # the progress bar, on stderr
     run = tmp_path / "run"
@@ -119,6 +121,8 @@ def test_resume_without_a_checkpoint(tmp_path, make_run_config):
 
 
 def test_nan_loss_stops_and_keeps_best(tmp_path, make_run_config, monkeypatch):
+    import rnn2gpt.training.setup as setup_module
+
     real_build = rnn2gpt.models.build_model
     calls = {"n": 0}
 
@@ -137,7 +141,7 @@ def test_nan_loss_stops_and_keeps_best(tmp_path, make_run_config, monkeypatch):
         model.forward = forward_with_nan
         return model
 
-    monkeypatch.setattr(rnn2gpt.models, "build_model", poisoned_build)
+    monkeypatch.setattr(setup_module, "build_model", poisoned_build)
     config = make_run_config("gpt", max_steps=30, eval_interval=5, log_interval=4)
     with pytest.raises(TrainingError, match="at step 7.*Lower the learning rate"):
         train(config, tmp_path / "run")
@@ -153,7 +157,9 @@ def test_early_stopping(tmp_path, make_run_config, monkeypatch):
     def fake_evaluate(model, ids, **kwargs):
         return rnn2gpt.evaluation.lm_metrics(next(scores), 10, kwargs.get("chars_per_token"))
 
-    monkeypatch.setattr(rnn2gpt.evaluation, "evaluate_lm", fake_evaluate)
+    import rnn2gpt.tasks.language_modeling as lm_task
+
+    monkeypatch.setattr(lm_task, "evaluate_lm", fake_evaluate)
     config = make_run_config("gpt", max_steps=50, eval_interval=2, patience=2)
     result = train(config, tmp_path / "run")
     assert result.stop_reason == "early_stopping" and result.steps == 6
@@ -213,7 +219,7 @@ def test_fine_tune_from_a_checkpoint(tmp_path, make_run_config, learning_seed):
 
 def test_first_ctrl_c_sets_the_flag_second_aborts():
     previous = signal.getsignal(signal.SIGINT)
-    with _sigint_flag() as flag:
+    with sigint_flag() as flag:
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.is_set()
         with pytest.raises(KeyboardInterrupt):

@@ -143,6 +143,7 @@ def plot_cross_attention(
     fig.colorbar(image, ax=ax)
     return save_figure(fig, out_png)
 
+
 def _piece(tokenizer: Any, token: int) -> str:
     try:
         return tokenizer.decode([token]).strip() or repr(tokenizer.decode([token]))

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
-from ..errors import ConfigError, ContextLengthError
+from ..errors import CheckpointError, ConfigError, ContextLengthError
 from .attention import AdditiveAttention, GeneralAttention
 from .base import Recorder, count_parameters, register_model
 from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, _sdpa, sinusoidal_table
@@ -585,8 +585,18 @@ def is_seq2seq(model: nn.Module) -> bool:
     return isinstance(model, Seq2SeqModel)
 
 
+def require_encoder_decoder(model: nn.Module, what: str) -> None:
+    """Raise CheckpointError (``what``, then what to do) unless ``model`` is an encoder-decoder."""
+    if not is_seq2seq(model):
+        raise CheckpointError(
+            f"{what}, a language model; translate and summarize need an encoder-decoder "
+            "(train one with --task translation or summarization)"
+        )
+
+
 __all__ = [
     "BoundDecoder",
+    "require_encoder_decoder",
     "CrossAttention",
     "DecoderBlock",
     "RNNSeq2Seq",

@@ -9,11 +9,12 @@ stopping. What is trained comes from a :class:`Task`:
 - ``loss(model, batch, state)``: the mean loss to backpropagate, the target tokens it covers, and
   the state to carry into the next batch (a recurrent language model's hidden state under
   truncated backpropagation through time; None when nothing is carried);
-- ``evaluate(model, split, max_batches)``: the summed loss and the tokens scored on ``"val"`` or
+- ``evaluate(model, split, max_batches)``: the mean loss and the tokens scored on ``"val"`` or
   ``"test"`` (per rank; the trainer averages over ranks), and ``score(loss, tokens, split)``: the
   metric dict of a mean loss (loss, perplexity, bits per token and per character);
 - ``decode_metrics(model)``: metrics of decoded validation outputs (BLEU, ROUGE), when early
   stopping follows one;
+- ``has_split(split)``: whether there is data to evaluate (``"test"`` may have none);
 - ``check()``: everything the task needs, checked before the first step (extras installed, files
   readable, settings that fit), so a run never dies at its first evaluation.
 
@@ -44,15 +45,14 @@ class Task(Protocol):
 
     description: str  # for the run's start line, e.g. "1,003,854 tokens of training text"
     tokens_per_step: int  # target tokens of one micro-batch, about (for the start-of-run plan)
-    has_test: bool  # whether evaluate(model, "test") has data
 
     def check(self) -> None: ...
 
+    def has_split(self, split: str) -> bool: ...
+
     def batch(self, index: int) -> Any: ...
 
-    def loss(
-        self, model: nn.Module, batch: Any, state: Any
-    ) -> tuple[torch.Tensor, int, Any]: ...
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> tuple[torch.Tensor, int, Any]: ...
 
     def evaluate(self, model: nn.Module, split: str, max_batches: int = 0) -> tuple[float, int]: ...
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import StreamBatches, WindowBatches, encode_cached, eval_batches, load_corpus, read_text
-from ..errors import TokenizerError
+from ..errors import ConfigError, TokenizerError
 from ..evaluation import evaluate_lm, lm_metrics
 from .base import TaskContext, register_task
 
@@ -44,6 +44,7 @@ class LanguageModelTask:
         self.tokenizer = tokenizer
         self.context = context
         self.stream = bool(model.carries_state)
+        self.max_context = model.max_context
         tc = config.train
         # Token ids: rank 0 fills the cache first, so ranks never race to write it.
         source = config.data.path or "the bundled corpus"
@@ -59,7 +60,6 @@ class LanguageModelTask:
         if test_text is not None:  # encoded now, so that a bad test text fails before training
             self.test_ids = self._encode(test_text, "the test text")
             self.chars["test"] = len(test_text) / max(len(self.test_ids), 1)
-        self.has_test = self.test_ids is not None
 
         shape = (tc.batch_size, tc.seq_len)
         ranks = {"rank": context.rank, "world_size": context.world_size}
@@ -74,10 +74,19 @@ class LanguageModelTask:
     # ------------------------------------------------------------------ the Task protocol
 
     def check(self) -> None:
-        """Fail now, not at the first evaluation, when the validation text cannot fill a batch."""
+        """Windows fit the model's context (a fine-tune keeps its source's), and the validation
+        text fills a batch: fail now, not at the first evaluation."""
         tc = self.config.train
+        if self.max_context is not None and tc.seq_len > self.max_context:
+            raise ConfigError(
+                f"train.seq_len ({tc.seq_len}) exceeds the model's context ({self.max_context} "
+                f"tokens); set train.seq_len={self.max_context} or less"
+            )
         name = "the validation text"
         next(eval_batches(self.val_ids, tc.batch_size, tc.seq_len, 1, self.stream, name=name))
+
+    def has_split(self, split: str) -> bool:
+        return split == "val" or (split == "test" and self.test_ids is not None)
 
     def batch(self, index: int) -> Any:
         return self.batches.get(index)

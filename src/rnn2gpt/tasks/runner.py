@@ -12,14 +12,16 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from ..checkpoint import load_checkpoint, resolve_checkpoint_dir
 from ..config import GenerationConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..models.base import use_inference_layout
+from ..models.seq2seq import require_encoder_decoder
 from ..tokenizers.base import pick_source_tokenizer
 from .decoding import decode_texts
+from .seq2seq import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -72,31 +74,18 @@ class Seq2SeqRunner:
 def load_seq2seq(
     checkpoint: str | os.PathLike[str] | Seq2SeqRunner, *, device: str = "cpu"
 ) -> Seq2SeqRunner:
-    """A :class:`Seq2SeqRunner` from a checkpoint (or run) directory; CheckpointError when the
-    checkpoint is a language model."""
-    if isinstance(checkpoint, Seq2SeqRunner):
-        return checkpoint
-    from ..checkpoint import load_checkpoint
-    from ..models.seq2seq import is_seq2seq
-
-    path = Path(checkpoint).expanduser()
-    if not (path / "config.json").exists():
-        for sub in ("best", "last"):
-            if (path / sub / "config.json").exists():
-                path = path / sub
-                break
+    """A :class:`Seq2SeqRunner` from a checkpoint (or run) directory (a runner is returned as it
+    is); CheckpointError when the checkpoint is a language model."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint  # already a runner
+    path = resolve_checkpoint_dir(checkpoint)
     ckpt = load_checkpoint(path, map_location=device)
-    if not is_seq2seq(ckpt.model):
-        raise CheckpointError(
-            f"{path} holds a {ckpt.config.model.arch} language model; translate and summarize "
-            "need an encoder-decoder (train one with --task translation or summarization)"
-        )
-    task = ckpt.config.train.task if ckpt.config.train.task != "lm" else "translation"
+    require_encoder_decoder(ckpt.model, f"{path} holds a {ckpt.config.model.arch} model")
     use_inference_layout(ckpt.model.eval())  # as rnn2gpt.load: faster decoding, same results
     return Seq2SeqRunner(
         ckpt.model,
         ckpt.tokenizer,
-        task,
+        ckpt.config.train.task,  # translation or summarization: the config's arch and task agree
         ckpt.config.generate,
         ckpt.config.data,
         source_tokenizer=ckpt.source_tokenizer,
@@ -118,12 +107,11 @@ def evaluate_seq2seq(
     Returns dict(task, count, num_beams, hypotheses, and bleu + signature (translation) or
     rouge1/rouge2/rougeL (summarization)).
     """
-    from ..evaluation.bleu_rouge import bleu, rouge
-
     runner = load_seq2seq(checkpoint)
     task = task or runner.task
-    if task not in ("translation", "summarization"):
-        raise ConfigError(f"task must be translation or summarization (got {task!r})")
+    metric = METRICS.get(task)
+    if metric is None:
+        raise ConfigError(f"task must be one of {', '.join(METRICS)} (got {task!r})")
     if len(sources) != len(references):
         raise ConfigError(
             f"{len(sources)} sources but {len(references)} references; the files must align"
@@ -132,11 +120,8 @@ def evaluate_seq2seq(
         sources, num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     result: dict[str, Any] = {"task": task, "count": len(sources), "num_beams": num_beams}
-    if task == "translation":
-        scores = bleu(hypotheses, references)
-        result.update(bleu=scores["bleu"], signature=scores["signature"])
-    else:
-        result.update(rouge(hypotheses, references))
+    scores = metric.score(hypotheses, references)
+    result.update({name: scores[name] for name in (*metric.names, "signature") if name in scores})
     result["hypotheses"] = hypotheses
     return result
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from ..data.parallel import (
 )
 from ..errors import ConfigError
 from ..evaluation import lm_metrics
+from ..evaluation.bleu_rouge import bleu, rouge
 from ..models.base import eval_mode, model_device
 from ..tokenizers.base import pick_source_tokenizer
 from .base import TaskContext, register_task
@@ -43,11 +46,26 @@ from .decoding import decode_ids, special_ids
 
 logger = logging.getLogger(__name__)
 
-# The metric each task decodes, the values train.early_stop_metric may take for it, and the
-# package that computes them (the [eval] extra).
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """How a task's decoded outputs are scored: the values ``train.early_stop_metric`` may take,
+    the package that computes them (the ``[eval]`` extra), and the scorer: hypotheses and
+    references -> the full result (numbers, and BLEU's signature)."""
+
+    names: tuple[str, ...]
+    package: str
+    score: Callable[[Sequence[str], Sequence[Any]], dict[str, Any]]
+
+    def numbers(self, hypotheses: Sequence[str], references: Sequence[Any]) -> dict[str, float]:
+        """Only the metrics named in ``names`` (what early stopping and the log use)."""
+        result = self.score(hypotheses, references)
+        return {name: float(result[name]) for name in self.names}
+
+
 METRICS = {
-    "translation": (("bleu",), "sacrebleu"),
-    "summarization": (("rouge1", "rouge2", "rougeL"), "rouge_score"),
+    "translation": TaskMetric(("bleu",), "sacrebleu", bleu),
+    "summarization": TaskMetric(("rouge1", "rouge2", "rougeL"), "rouge_score", rouge),
 }
 
 
@@ -68,7 +86,7 @@ class Seq2SeqTask:
         context: TaskContext,
     ) -> None:
         self.config = config
-        self.metric_names, self.metric_package = METRICS[config.train.task]
+        self.metric = METRICS[config.train.task]
         self.tokenizer = tokenizer
         self.source_tokenizer = pick_source_tokenizer(tokenizer, source_tokenizer)
         self.corpus = corpus
@@ -100,7 +118,6 @@ class Seq2SeqTask:
         self.splits = {"val": self._encode_eval(corpus.val, limit)}
         if corpus.test is not None:
             self.splits["test"] = self._encode_eval(corpus.test, limit)
-        self.has_test = "test" in self.splits
         mean_target = train_tokens / max(len(self.train_targets), 1)
         self.tokens_per_step = int(self.batches.batch_size * mean_target)
         self.description = (
@@ -113,19 +130,22 @@ class Seq2SeqTask:
     def check(self) -> None:
         """The metric fits the task and its package is installed; there is something to score."""
         metric = self.config.train.early_stop_metric
-        if metric != "val_loss" and metric not in self.metric_names:
+        if metric != "val_loss" and metric not in self.metric.names:
             raise ConfigError(
                 f"train.early_stop_metric={metric} does not fit train.task="
-                f"{self.config.train.task}: use val_loss or {' or '.join(self.metric_names)}"
+                f"{self.config.train.task}: use val_loss or {' or '.join(self.metric.names)}"
             )
-        if metric != "val_loss" and importlib.util.find_spec(self.metric_package) is None:
+        if metric != "val_loss" and importlib.util.find_spec(self.metric.package) is None:
             raise ConfigError(
-                f"train.early_stop_metric={metric} needs the {self.metric_package} package, which "
+                f"train.early_stop_metric={metric} needs the {self.metric.package} package, which "
                 "is not installed: pip install 'rnn2gpt[eval]' (or set "
                 "train.early_stop_metric=val_loss)"
             )
         if not self.splits["val"][0]:
             raise ConfigError("the validation data holds no pairs; give a validation file")
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
 
     def batch(self, index: int) -> PairBatch:
         return self.batches.get(index)
@@ -177,8 +197,6 @@ class Seq2SeqTask:
     def decode_metrics(self, model: nn.Module) -> dict[str, float]:
         """BLEU (translation) or ROUGE (summarization) of the first ``train.metric_samples``
         validation pairs, decoded with ``train.metric_beams`` beams."""
-        from ..evaluation.bleu_rouge import bleu, rouge
-
         tc = self.config.train
         sources = self.splits["val"][0]
         n = len(sources) if tc.metric_samples <= 0 else min(tc.metric_samples, len(sources))
@@ -189,10 +207,7 @@ class Seq2SeqTask:
             model, self.tokenizer, sources[:n], settings, source_tokenizer=self.source_tokenizer
         )
         hypotheses = [self.tokenizer.decode(t).strip() for t in ids]
-        references = self.corpus.val.references[:n]
-        if "bleu" in self.metric_names:
-            return {"bleu": bleu(hypotheses, references)["bleu"]}
-        return rouge(hypotheses, references)
+        return self.metric.numbers(hypotheses, self.corpus.val.references[:n])
 
     # ------------------------------------------------------------------ encoding
 
@@ -225,4 +240,4 @@ def build_seq2seq_task(
     return Seq2SeqTask(config, corpus, tokenizer, source_tokenizer, model, context)
 
 
-__all__ = ["METRICS", "Seq2SeqTask", "build_seq2seq_task"]
+__all__ = ["METRICS", "Seq2SeqTask", "TaskMetric", "build_seq2seq_task"]
