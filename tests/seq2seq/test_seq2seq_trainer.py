@@ -169,3 +169,42 @@ def test_language_model_checkpoints_are_refused(tmp_path):
 def test_task_and_architecture_must_agree():
     with pytest.raises(ConfigError, match="encoder-decoder"):
         RunConfig.from_dict({"model": {"arch": "gpt"}, "train": {"task": "translation"}}).validate()
+
+
+# --------------------------------------------------------------------------- checks at start-up
+
+
+def test_a_missing_metric_package_fails_before_the_first_step(
+    tmp_path, parallel_files, monkeypatch
+):
+    import rnn2gpt.tasks.seq2seq as seq2seq_task
+
+    real = seq2seq_task.importlib.util.find_spec
+    monkeypatch.setattr(
+        seq2seq_task.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "sacrebleu" else real(name, *a),
+    )
+    config = _config(tmp_path, parallel_files, early_stop_metric="bleu")
+    with pytest.raises(ConfigError, match=r"needs the sacrebleu package.*rnn2gpt\[eval\]"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "last").exists()  # nothing was trained
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_metric_of_the_other_task_fails_before_the_first_step(tmp_path, parallel_files):
+    config = _config(tmp_path, parallel_files, early_stop_metric="rouge1")  # a translation run
+    with pytest.raises(ConfigError, match="does not fit train.task=translation.*bleu"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_both_tasks_follow_the_task_protocol(tmp_path, parallel_files):
+    from rnn2gpt.tasks import LanguageModelTask, Seq2SeqTask, task_kind
+
+    assert task_kind("translation").build is task_kind("summarization").build
+    for cls in (LanguageModelTask, Seq2SeqTask):
+        for name in ("check", "has_split", "batch", "loss", "evaluate", "score", "decode_metrics"):
+            assert callable(getattr(cls, name)), (cls, name)
+    with pytest.raises(ConfigError, match="unknown train.task"):
+        task_kind("poetry")

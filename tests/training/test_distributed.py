@@ -23,7 +23,7 @@ import json, sys
 from rnn2gpt.config import RunConfig
 from rnn2gpt.training import train
 result = train(RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])
-print("RESULT", result.steps, result.tokens, result.best_val_loss)
+print("RESULT", result.steps, result.tokens, result.best_val_loss, flush=True)
 """
 
 
@@ -61,7 +61,7 @@ def test_two_process_gloo_training(tmp_path, make_run_config, arch):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [line.split() for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 2  # both ranks finished...
+    assert len(results) == 2, proc.stdout + proc.stderr[-4000:]  # both ranks finished...
     assert results[0] == results[1]  # ...and agree on steps, tokens and the best loss
     assert int(results[0][2]) == 12 * 4 * 16 * 2  # each of 2 ranks draws its own batches
     best = load_checkpoint(out / "best")

@@ -255,3 +255,27 @@ def test_loss_curve_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
     assert plot_loss_curve(run_events, tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_error_in_the_middle_of_a_run_saves_last_first(tmp_path, make_run_config, monkeypatch):
+    import rnn2gpt.tasks.language_modeling as lm_task
+
+    real_loss = lm_task.LanguageModelTask.loss
+    calls = {"n": 0}
+
+    def loss_then_fail(self, model, batch, state):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4
+            raise RuntimeError("out of memory")
+        return real_loss(self, model, batch, state)
+
+    monkeypatch.setattr(lm_task.LanguageModelTask, "loss", loss_then_fail)
+    config = make_run_config("lstm", max_steps=10, eval_interval=100)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(config, tmp_path / "run")
+    last = load_checkpoint(tmp_path / "run" / "last")
+    assert last.trainer_state["step"] == 3  # the three steps done before the error are kept
+    assert last.has_optimizer_state
+    monkeypatch.setattr(lm_task.LanguageModelTask, "loss", real_loss)
+    resumed = train(make_run_config("lstm", max_steps=5), tmp_path / "run", resume=True)
+    assert resumed.steps == 5

@@ -4,6 +4,9 @@
 - report.py: :class:`Report`, written as Markdown and self-contained HTML
 - analyze.py: one model inside out, from gradient_flow.py, attention.py, gates.py,
   token_view.py and :mod:`rnn2gpt.evaluation.diversity`
+
+May import every floor below ``experiments``: it reads checkpoints, runs models and
+decodes, and draws (matplotlib, imported lazily in plots.py).
 """
 
 from .analyze import AnalysisResult, AnalyzeOptions, analyze_model

@@ -4,6 +4,8 @@
 - :func:`encode_cached` (cache.py): token ids memory-mapped from an on-disk cache
 - :class:`WindowBatches` (GPT), :class:`StreamBatches` (RNNs, truncated BPTT) and
   :func:`eval_batches` (batching.py)
+
+May import: ``errors``, ``config``, ``hardware``, ``tokenizers``, ``models``.
 """
 
 from .batching import Batch, EvalBatch, StreamBatches, WindowBatches, eval_batches

@@ -1,5 +1,9 @@
 """Evaluation: language-model metrics (loss, perplexity, bits per token and per character) and
-diversity metrics of generated text (distinct-n, repetition rate, copied n-grams)."""
+diversity metrics of generated text (distinct-n, repetition rate, copied n-grams).
+
+May import: ``errors``, ``config``, ``hardware``, ``tokenizers``, ``models``, ``data``,
+``checkpoint``, ``generation``.
+"""
 
 from .diversity import copied_fraction, distinct_n, diversity_metrics, repetition_rate
 from .metrics import LN2, evaluate_lm, lm_metrics

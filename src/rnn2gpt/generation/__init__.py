@@ -6,6 +6,9 @@
 - :func:`build_processors` (``processors.py``): the logits processors a config turns on.
 - ``stopping.py``: tokens -> text and stop strings; ``context.py``: the model state and the
   context window; ``results.py``: :class:`Generation`.
+
+May import: ``errors``, ``config``, ``hardware``, ``tokenizers``, ``models``, ``data``,
+``checkpoint``.
 """
 
 from __future__ import annotations

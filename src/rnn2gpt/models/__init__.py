@@ -3,6 +3,9 @@
 ``build_model(config)`` builds any architecture by ``config.arch``: ``rnn``, ``lstm``, ``gru``
 (:class:`RecurrentLM`) or ``gpt`` (:class:`GPT`); encoder-decoders ``seq2seq-rnn``
 (:class:`RNNSeq2Seq`) and ``transformer`` (:class:`TransformerSeq2Seq`).
+
+May import: ``errors``, ``config``, ``hardware`` (and ``tokenizers``, its floor-mate,
+though it has no need to).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Build one for a new run with :func:`train_tokenizer`, read one back from a check
 :func:`load_tokenizer`. Every kind saves itself as ``tokenizer.json``: char and word files are
 our own small JSON (a top-level ``"rnn2gpt_tokenizer"`` key names the kind); anything else is
 read as a Hugging Face ``tokenizers`` file, i.e. byte-level BPE.
+
+May import: ``errors``, ``config``.
 """
 
 from __future__ import annotations
