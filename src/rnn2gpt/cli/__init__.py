@@ -30,6 +30,7 @@ from . import (
     info,
     merge_lora,
     presets,
+    serve,
     summarize,
     train,
     translate,
@@ -52,6 +53,7 @@ COMMANDS = (
     compare,
     analyze,
     doctor,
+    serve,
 )
 
 

@@ -25,6 +25,13 @@ def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-steps N`` or ``--max-time T``, one or the other."""
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m, 1h")
+
+
 def print_train_summary(result: Any, task: str = "lm") -> None:
     """The lines scripts read after ``train`` and ``finetune`` (``val perplexity N``...)."""
     out_dir = Path(result.out_dir)
@@ -86,6 +93,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
+    "add_budget_options",
     "add_set_option",
     "print_train_summary",
     "read_input_lines",

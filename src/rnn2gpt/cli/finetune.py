@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_INTERRUPTED, add_set_option, print_train_summary
+from .common import EXIT_INTERRUPTED, add_budget_options, add_set_option, print_train_summary
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -23,9 +23,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="new training text: a file, .gz or directory")
     p.add_argument("--val-data", help="separate validation file (default: last 10%% of --data)")
     p.add_argument("--out", help="output folder (default runs/<name of DIR>-finetuned)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m")
+    add_budget_options(p)
     p.add_argument(
         "--lora-rank",
         type=int,

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..config import ARCHITECTURES, SEQ2SEQ_ARCHITECTURES, TASKS, TOKENIZER_KINDS
-from .common import EXIT_INTERRUPTED, add_set_option, print_train_summary
+from .common import EXIT_INTERRUPTED, add_budget_options, add_set_option, print_train_summary
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -23,9 +23,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=ARCHITECTURES + SEQ2SEQ_ARCHITECTURES, help="architecture")
     p.add_argument("--tokenizer", choices=TOKENIZER_KINDS, help="tokenizer kind")
     p.add_argument("--out", help="output folder (default runs/PRESET)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    budget.add_argument("--max-time", help="stop after this much training time, e.g. 90s, 10m, 1h")
+    add_budget_options(p)
     p.add_argument("--seed", type=int, help="random seed (runs are reproducible from it)")
     p.add_argument(
         "--resume",

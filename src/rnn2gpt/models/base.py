@@ -12,7 +12,10 @@ state ``forward`` returned, never from one already passed in.
 
 Beyond ``forward`` each model offers:
 
-- ``new_state(batch_size, pad_mask=None, capacity=None) -> State``: an empty state. ``pad_mask``
+- ``new_state(batch_size, pad_mask=None, capacity=None, *, slots=False) -> State``: an empty
+  state; with ``slots`` one whose rows are independent slots of their own lengths, with
+  ``write_rows(slots, other)`` (a prefilled state joins), ``free(slots)`` (a row leaves) and, for
+  caches, ``truncate({slot: length})`` (continuous batching; see SlotKVCache and RNNState). ``pad_mask``
   (B, T0) bool, True at real tokens, describes *left-padded* prompts that the next ``forward``
   will receive (exactly T0 tokens); padding then never changes an RNN's hidden state and is never
   attended to by a GPT, and GPT positions count real tokens only. ``capacity`` bounds the GPT
@@ -81,7 +84,12 @@ class LanguageModel(Protocol):
     ) -> tuple[torch.Tensor, State]: ...
 
     def new_state(
-        self, batch_size: int, pad_mask: torch.Tensor | None = None, capacity: int | None = None
+        self,
+        batch_size: int,
+        pad_mask: torch.Tensor | None = None,
+        capacity: int | None = None,
+        *,
+        slots: bool = False,
     ) -> State: ...
 
     def num_parameters(self, trainable_only: bool = False) -> int: ...

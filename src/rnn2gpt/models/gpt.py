@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
 from .base import Recorder, count_parameters, register_model
-from .kv_cache import KVCache
+from .kv_cache import KVCache, SlotKVCache
 
 
 def _sdpa(
@@ -212,12 +212,18 @@ class GPT(nn.Module):
         return count_parameters(self, trainable_only)
 
     def new_state(
-        self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
-    ) -> KVCache:
+        self,
+        batch_size: int,
+        pad_mask: Tensor | None = None,
+        capacity: int | None = None,
+        *,
+        slots: bool = False,
+    ) -> KVCache | SlotKVCache:
         """A preallocated cache of ``capacity`` slots (default: block_size).
 
         pad_mask: (B, T0) bool, True at real tokens of the left-padded prompt the next forward
         receives; pads are never attended to and positions count real tokens only.
+        slots: rows of independent lengths (:class:`SlotKVCache`, for continuous batching).
         """
         capacity = capacity or self.config.block_size
         if capacity > self.config.block_size:
@@ -236,6 +242,12 @@ class GPT(nn.Module):
                     f"of {capacity} tokens; shorten the prompt"
                 )
         weight = self.transformer.wte.weight
+        shape = (self.config.n_layer, batch_size, self.config.n_head)
+        if slots:
+            head_dim = self.config.n_embd // self.config.n_head
+            return SlotKVCache.allocate(
+                *shape, head_dim, capacity, dtype=weight.dtype, device=weight.device
+            )
         return KVCache.allocate(
             self.config.n_layer,
             batch_size,

@@ -18,6 +18,8 @@ Two ways a cache comes to exist:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -242,6 +244,139 @@ class KVCache:
         )
 
 
+class SlotKVCache:
+    """A KV cache whose rows are independent slots, each with its own length.
+
+    What continuous batching needs: a request joins by having its prefilled cache copied into a
+    free slot (:meth:`write_rows`), leaves by having its slot reset (:meth:`free`), and every
+    decode step feeds one token to every slot at the same shapes, busy or not (so the same
+    kernels run whatever the load). Speculative decoding rolls rows back with :meth:`truncate`.
+
+    Buffers are (B, H, C, D) per layer with C = capacity; row b holds ``lengths[b]`` tokens, at
+    positions 0 .. lengths[b] - 1 (no padding: a row's tokens start at slot 0). A new token of row
+    b is written at slot ``lengths[b]`` and attends to slots 0 .. lengths[b]. The row lengths are
+    kept on the host too, so no step needs a device sync to know them.
+    """
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor], capacity: int) -> None:
+        self.keys = keys
+        self.values = values
+        self.capacity = capacity
+        batch = keys[0].shape[0]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=keys[0].device)  # (B,)
+        self.host_lengths = [0] * batch
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> SlotKVCache:
+        shape = (batch_size, num_heads, capacity, head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        return cls(keys, values, capacity)
+
+    # ------------------------------------------------------------------ State contract
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.host_lengths)
+
+    @property
+    def length(self) -> int:
+        """The longest row (the model checks that a step still fits the capacity)."""
+        return max(self.host_lengths)
+
+    def select(self, index: Tensor) -> SlotKVCache:
+        """A new slot cache holding rows ``index`` (LongTensor (B',)) in that order."""
+        index = index.to(self.lengths.device)
+        new = SlotKVCache(
+            [k.index_select(0, index) for k in self.keys],
+            [v.index_select(0, index) for v in self.values],
+            self.capacity,
+        )
+        new.lengths = self.lengths.index_select(0, index)
+        new.host_lengths = [self.host_lengths[i] for i in index.tolist()]
+        return new
+
+    def detach(self) -> SlotKVCache:
+        return self
+
+    # ------------------------------------------------------------------ slot operations
+
+    def write_rows(self, slots: Sequence[int], other: KVCache | SlotKVCache) -> None:
+        """Copy every row of ``other`` (a cache of len(slots) rows, all of one length, without
+        padding: a prefill of one prompt) into ``slots``, in place."""
+        length = other.length
+        if length > self.capacity:
+            raise ValueError(f"{length} tokens do not fit slots of {self.capacity}")
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.lengths.device)
+        for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
+            for layer, buffer in enumerate(mine):
+                source = theirs[layer]
+                assert source is not None
+                buffer[index, :, :length] = source[:, :, :length].to(buffer.dtype)
+        self.lengths[index] = length
+        for slot in slots:
+            self.host_lengths[slot] = length
+
+    def free(self, slots: Sequence[int]) -> None:
+        """Empty ``slots`` (their stale keys and values are never attended to again)."""
+        self.truncate({slot: 0 for slot in slots})
+
+    def truncate(self, lengths: dict[int, int]) -> None:
+        """Roll rows back: row ``slot`` keeps its first ``lengths[slot]`` tokens (exact: later
+        slots are masked until overwritten)."""
+        for slot, length in lengths.items():
+            if not 0 <= length <= self.host_lengths[slot]:
+                raise ValueError(
+                    f"cannot truncate row {slot} of {self.host_lengths[slot]} to {length}"
+                )
+            self.host_lengths[slot] = length
+        index = torch.tensor(list(lengths), dtype=torch.long, device=self.lengths.device)
+        self.lengths[index] = torch.tensor(list(lengths.values()), device=self.lengths.device)
+
+    # ------------------------------------------------------------------ used by the model
+
+    def positions(self, steps: int) -> Tensor:
+        """(B, steps) positions of the next tokens of every row."""
+        offsets = torch.arange(steps, device=self.lengths.device)
+        return self.lengths[:, None] + offsets[None, :]
+
+    def attention_mask(self, steps: int) -> tuple[Tensor, bool]:
+        """(B, 1, steps, C) bool: the query at position p of a row sees that row's slots <= p."""
+        queries = self.positions(steps)  # (B, T)
+        slots = torch.arange(self.capacity, device=self.lengths.device)
+        return (slots[None, None, :] <= queries[:, :, None])[:, None], False
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write a layer's new keys/values (B, H, T, D) at each row's own positions; return the
+        whole buffers (B, H, C, D) (the mask hides what a row has not written)."""
+        batch, heads, steps, dim = k.shape
+        where = self.positions(steps)[:, None, :, None].expand(batch, heads, steps, dim)
+        self.keys[layer].scatter_(2, where, k.to(self.keys[layer].dtype))
+        self.values[layer].scatter_(2, where, v.to(self.values[layer].dtype))
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, steps: int) -> None:
+        """Every row took ``steps`` more tokens (after every layer appended)."""
+        self.lengths += steps
+        self.host_lengths = [n + steps for n in self.host_lengths]
+
+    def __repr__(self) -> str:
+        return (
+            f"SlotKVCache(batch_size={self.batch_size}, layers={len(self.keys)}, "
+            f"lengths={self.host_lengths}, capacity={self.capacity})"
+        )
+
+
 def _causal(start: int, stop: int, device: torch.device) -> Tensor:
     """(stop - start, stop) bool: query at slot start + i may see keys at slots <= start + i."""
     keys = torch.arange(stop, device=device)
@@ -249,4 +384,4 @@ def _causal(start: int, stop: int, device: torch.device) -> Tensor:
     return keys[None, :] <= queries[:, None]
 
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "SlotKVCache"]

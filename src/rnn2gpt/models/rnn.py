@@ -13,6 +13,7 @@ runs each row only over its real tokens, so padding never touches the hidden sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,20 @@ class RNNState:
             c=None if self.c is None else self.c.index_select(1, index),
             pad_mask=None if self.pad_mask is None else self.pad_mask.index_select(0, index),
         )
+
+    def write_rows(self, slots: Sequence[int], other: RNNState) -> None:
+        """Copy every row of ``other`` into rows ``slots``, in place (a request joins a batch)."""
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.h.device)
+        self.h[:, index] = other.h.to(self.h.dtype)
+        if self.c is not None and other.c is not None:
+            self.c[:, index] = other.c.to(self.c.dtype)
+
+    def free(self, slots: Sequence[int]) -> None:
+        """Reset rows ``slots`` to the zero state, in place (a request leaves: O(1) per row)."""
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.h.device)
+        self.h[:, index] = 0
+        if self.c is not None:
+            self.c[:, index] = 0
 
     def detach(self) -> RNNState:
         return RNNState(
@@ -132,9 +147,15 @@ class RecurrentLM(nn.Module):
         return count_parameters(self, trainable_only)
 
     def new_state(
-        self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
+        self,
+        batch_size: int,
+        pad_mask: Tensor | None = None,
+        capacity: int | None = None,
+        *,
+        slots: bool = False,
     ) -> RNNState:
-        """Zero state for ``batch_size`` rows; ``capacity`` is ignored (no context limit).
+        """Zero state for ``batch_size`` rows; ``capacity`` is ignored (no context limit), and so is
+        ``slots`` (every RNN state's rows are independent slots already).
 
         pad_mask: (B, T0) bool, True at real tokens of left-padded input for the next forward.
         """

@@ -73,6 +73,7 @@ class TaskContext:
     finetuning: bool = False
 
 
+# (config, corpus, tokenizer, source_tokenizer, model, context) -> Task; a task class itself.
 TaskBuilder = Callable[[RunConfig, Any, Any, Any, nn.Module, TaskContext], Task]
 
 
@@ -91,7 +92,8 @@ _REGISTRY: dict[str, TaskKind] = {}
 
 
 def register_task(*names: str, load_corpus: Callable[[DataConfig], Any]):
-    """Decorator: make a task builder available under ``names`` (values of ``train.task``)."""
+    """Decorator of a task class (or builder function): make it available under ``names``
+    (values of ``train.task``)."""
 
     def decorate(build: TaskBuilder) -> TaskBuilder:
         for name in names:

@@ -29,14 +29,19 @@ from .base import TaskContext, register_task
 logger = logging.getLogger(__name__)
 
 
+@register_task("lm", load_corpus=load_corpus)
 class LanguageModelTask:
-    """Windows or streams of one text; cross-entropy of every next token."""
+    """Windows or streams of one text; cross-entropy of every next token.
+
+    Built by the registry as every task is; one tokenizer (``source_tokenizer`` is unused).
+    """
 
     def __init__(
         self,
         config: RunConfig,
         corpus: Any,
         tokenizer: Any,
+        source_tokenizer: Any,
         model: nn.Module,
         context: TaskContext,
     ) -> None:
@@ -135,19 +140,6 @@ class LanguageModelTask:
             raise base_tokenizer_error(text, self.tokenizer, what, exc) from None
 
 
-@register_task("lm", load_corpus=load_corpus)
-def build_language_model_task(
-    config: RunConfig,
-    corpus: Any,
-    tokenizer: Any,
-    source_tokenizer: Any,
-    model: nn.Module,
-    context: TaskContext,
-) -> LanguageModelTask:
-    """Builder registered for ``train.task = "lm"`` (one tokenizer: ``source_tokenizer`` unused)."""
-    return LanguageModelTask(config, corpus, tokenizer, model, context)
-
-
 def _test_text(corpus: Any, config: RunConfig) -> str | None:
     """The test text: the corpus's own, or ``data.test_path`` (relative to ``data.data_dir``)."""
     text = getattr(corpus, "test_text", None)
@@ -185,4 +177,4 @@ def base_tokenizer_error(
     )
 
 
-__all__ = ["LanguageModelTask", "base_tokenizer_error", "build_language_model_task"]
+__all__ = ["LanguageModelTask", "base_tokenizer_error"]

@@ -69,6 +69,7 @@ METRICS = {
 }
 
 
+@register_task("translation", "summarization", load_corpus=load_parallel)
 class Seq2SeqTask:
     """Pairs, loss and metrics of a translation or summarization run.
 
@@ -227,17 +228,4 @@ class Seq2SeqTask:
         return sources, targets
 
 
-@register_task("translation", "summarization", load_corpus=load_parallel)
-def build_seq2seq_task(
-    config: RunConfig,
-    corpus: ParallelCorpus,
-    tokenizer: Any,
-    source_tokenizer: Any,
-    model: nn.Module,
-    context: TaskContext,
-) -> Seq2SeqTask:
-    """Builder registered for ``train.task`` translation and summarization."""
-    return Seq2SeqTask(config, corpus, tokenizer, source_tokenizer, model, context)
-
-
-__all__ = ["METRICS", "Seq2SeqTask", "TaskMetric", "build_seq2seq_task"]
+__all__ = ["METRICS", "Seq2SeqTask", "TaskMetric"]
