@@ -23,7 +23,10 @@ import json, sys
 from rnn2gpt.config import RunConfig
 from rnn2gpt.training import train
 result = train(RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])
-print("RESULT", result.steps, result.tokens, result.best_val_loss, flush=True)
+# One write per line: with PYTHONUNBUFFERED, print() writes each piece apart, and the two ranks'
+# pieces would interleave.
+sys.stdout.write(f"RESULT {result.steps} {result.tokens} {result.best_val_loss}\\n")
+sys.stdout.flush()
 """
 
 
