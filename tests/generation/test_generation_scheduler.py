@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rnn2gpt.config import GenerationConfig, ModelConfig
+from rnn2gpt.errors import ConfigError, ContextLengthError
 from rnn2gpt.generation import generate
 from rnn2gpt.generation.scheduler import QueueFull, Request, Scheduler
 from rnn2gpt.models import build_model
@@ -81,12 +82,13 @@ def test_truncate_rolls_a_gpt_row_back_exactly(tokenizer):
     torch.testing.assert_close(again[1], first[1], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("tile", [None, 2])
 @pytest.mark.parametrize("arch", sorted(SHAPES))
-def test_greedy_requests_equal_plain_greedy_decoding(arch, tokenizer):
+def test_greedy_requests_equal_plain_greedy_decoding(arch, tokenizer, tile):
     model = _model(arch, tokenizer)
     config = GenerationConfig(max_new_tokens=20, temperature=0.0, stop_at_eos=False)
     prompts = ["the", "ROMEO:", "o romeo, where"]
-    scheduler = Scheduler(model, tokenizer, max_batch=4)
+    scheduler = Scheduler(model, tokenizer, max_batch=4, tile=tile)
     try:
         for prompt in prompts:
             ids = tokenizer.encode(prompt)
@@ -97,12 +99,13 @@ def test_greedy_requests_equal_plain_greedy_decoding(arch, tokenizer):
         scheduler.close()
 
 
+@pytest.mark.parametrize("tile", [None, 4])
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])
-def test_a_seeded_request_gives_the_same_tokens_alone_or_among_others(arch, tokenizer):
+def test_a_seeded_request_gives_the_same_tokens_alone_or_among_others(arch, tokenizer, tile):
     model = _model(arch, tokenizer)
     seeded = GenerationConfig(max_new_tokens=30, temperature=1.0, top_k=20, seed=123)
     prompt = tokenizer.encode("ROMEO:")
-    scheduler = Scheduler(model, tokenizer, max_batch=8)
+    scheduler = Scheduler(model, tokenizer, max_batch=8, tile=tile)
     try:
         alone = _run(scheduler, prompt, seeded)[0]
         others = []
@@ -160,8 +163,30 @@ def test_cancel_frees_the_slot_within_a_step_and_the_queue_is_bounded(tokenizer)
         scheduler.close()
 
 
+def test_only_tiles_with_running_requests_are_computed(tokenizer, monkeypatch):
+    model = _model("gru", tokenizer)
+    shapes = []
+    forward = model.forward
+
+    def spy(tokens, state=None, **kw):
+        shapes.append(tuple(tokens.shape))
+        return forward(tokens, state, **kw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    scheduler = Scheduler(model, tokenizer, max_batch=8, tile=2)
+    try:
+        _run(
+            scheduler, tokenizer.encode("the"), GenerationConfig(max_new_tokens=5, temperature=0.0)
+        )
+    finally:
+        scheduler.close()
+    assert shapes[0] == (1, 3)  # the prefill, alone
+    assert set(shapes[1:]) == {(2, 1)}  # then one tile of two rows per step, not all eight
+    with pytest.raises(ConfigError, match="divide"):
+        Scheduler(model, tokenizer, max_batch=8, tile=3)
+
+
 def test_requests_that_cannot_run_are_refused(tokenizer):
-    from rnn2gpt.errors import ConfigError, ContextLengthError
 
     scheduler = Scheduler(_model("gpt", tokenizer), tokenizer, max_batch=1)
     try:

@@ -27,6 +27,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--max-tokens", type=int, default=2048, help="the most tokens one request may ask for"
     )
     p.add_argument(
+        "--tile",
+        type=int,
+        metavar="ROWS",
+        help="rows computed together per decode step, a divisor of --max-batch (default 8); "
+        "smaller tiles make a lone request faster on large models, larger ones serve a full "
+        "batch faster; results never depend on the load either way",
+    )
+    p.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_tokens=args.max_tokens,
+        tile=args.tile,
         dtype=args.dtype,
     )
     print(f"serving on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)

@@ -12,11 +12,16 @@ next waiting request. No request waits for another to end.
 min-p, typical, logit bias...), its own ``torch.Generator`` seeded from its seed, its stop strings
 and its token limit, all applied to its own row.
 
-**Batch invariance.** Every decode step runs at the same shapes (all ``max_batch`` slots, busy or
-not; a GPT attends over its whole capacity under a per-row mask), and every prefill runs alone,
-so the same kernels compute a request's logits whatever else is running: a seeded request gives
-the same tokens alone or among 31 others. The price is that a lone request pays for ``max_batch``
-rows each step (measured in benchmarks/RESULTS.md).
+**Batch invariance.** Decode steps run at fixed shapes: the slots are cut into tiles of ``tile``
+rows, and every tile that holds a running request is computed whole (busy or idle rows alike; a
+GPT attends over its whole capacity under a per-row mask); every prefill runs alone. A matrix
+product of a fixed number of rows gives each row the same result whatever its position and its
+neighbours (checked for MKL's sgemm; not so across row counts, where M = 1 takes a GEMV and
+larger M other blockings), so the same kernels compute a request's logits whatever else is
+running: a seeded request gives the same tokens alone or among 31 others. The price is that a
+lone request pays for a whole tile (measured in benchmarks/RESULTS.md: with tiles of 32 rows,
+0.30x of a lone slot's speed on a GPT-2-small-sized model). New requests take the lowest free
+slot, so running requests gather in as few tiles as possible.
 
 Per step: one batched forward (B = max_batch, T = 1), one host sync to read the greedy choices,
 and for each busy row its processors and (when sampling) one draw; the events of a request are
@@ -143,6 +148,7 @@ class Scheduler:
         tokenizer: decodes text, stop strings; its ``eos_id`` ends sequences.
         max_batch: slots decoded together at every step.
         max_queue: requests that may wait for a slot; :meth:`submit` raises QueueFull beyond.
+        tile: rows computed together (a divisor of ``max_batch``; default: all of them).
         observer: timing hooks (metrics).
     """
 
@@ -153,10 +159,15 @@ class Scheduler:
         *,
         max_batch: int = 32,
         max_queue: int = 128,
+        tile: int | None = None,
         observer: Observer | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ConfigError("max_batch must be >= 1 and max_queue >= 0")
+        tile = tile or max_batch
+        if tile < 1 or max_batch % tile:
+            raise ConfigError(f"the tile ({tile} rows) must divide max_batch ({max_batch})")
+        self.tile = tile
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -260,19 +271,28 @@ class Scheduler:
             self._advance(index, slot, logits[0, -1].float())
 
     def _step(self) -> None:
-        """One token for every busy slot: one forward at the full batch shape."""
+        """One token for every busy slot: one forward per tile that holds one (fixed shapes)."""
         tokens = torch.zeros(self.max_batch, 1, dtype=torch.long)
         for index, slot in enumerate(self.slots):
             if slot is not None:
                 tokens[index, 0] = slot.last_token
-        logits, self.state = self.model(tokens.to(self.device), self.state)
-        logits = logits[:, -1].float()  # (B, V)
-        for index, slot in enumerate(self.slots):
-            if slot is not None:
-                self._advance(index, slot, logits[index])
-        idle = [i for i, slot in enumerate(self.slots) if slot is None]
-        if idle:
-            self.state.free(idle)  # idle rows took a pad token: reset them
+        tokens = tokens.to(self.device)
+        for start in range(0, self.max_batch, self.tile):
+            stop = start + self.tile
+            if all(slot is None for slot in self.slots[start:stop]):
+                continue
+            part = self.state.rows(start, stop)
+            logits, part = self.model(tokens[start:stop], part)
+            self.state.set_rows(start, stop, part)
+            logits = logits[:, -1].float()  # (tile, V)
+            idle = []
+            for offset, slot in enumerate(self.slots[start:stop]):
+                if slot is None:
+                    idle.append(start + offset)
+                else:
+                    self._advance(start + offset, slot, logits[offset])
+            if idle:
+                self.state.free(idle)  # idle rows took a pad token: reset them
 
     def _advance(self, index: int, slot: _Slot, logits: Tensor) -> None:
         """Choose the next token of one slot from its logits (V,), emit it, and end the request

@@ -327,6 +327,22 @@ class SlotKVCache:
         for slot in slots:
             self.host_lengths[slot] = length
 
+    def rows(self, start: int, stop: int) -> SlotKVCache:
+        """Rows start..stop-1 as a cache of their own that shares this one's memory: a forward
+        over it writes here (hand it back with :meth:`set_rows` for the lengths)."""
+        part = SlotKVCache.__new__(SlotKVCache)
+        part.keys = [k[start:stop] for k in self.keys]
+        part.values = [v[start:stop] for v in self.values]
+        part.capacity = self.capacity
+        part.lengths = self.lengths[start:stop]  # a view: advancing it advances these rows
+        part.host_lengths = self.host_lengths[start:stop]
+        return part
+
+    def set_rows(self, start: int, stop: int, part: SlotKVCache) -> None:
+        """Take back rows start..stop-1 after a forward over :meth:`rows` (memory is shared:
+        only the host's copy of the lengths needs it)."""
+        self.host_lengths[start:stop] = part.host_lengths
+
     def free(self, slots: Sequence[int]) -> None:
         """Empty ``slots`` (their stale keys and values are never attended to again)."""
         self.truncate({slot: 0 for slot in slots})

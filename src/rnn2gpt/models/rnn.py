@@ -63,6 +63,18 @@ class RNNState:
         if self.c is not None and other.c is not None:
             self.c[:, index] = other.c.to(self.c.dtype)
 
+    def rows(self, start: int, stop: int) -> RNNState:
+        """Rows start..stop-1 (views): a forward over them returns their next state, which
+        :meth:`set_rows` copies back."""
+        c = None if self.c is None else self.c[:, start:stop]
+        return RNNState(h=self.h[:, start:stop], c=c)
+
+    def set_rows(self, start: int, stop: int, part: RNNState) -> None:
+        """Copy ``part`` (the state of rows start..stop-1) into those rows, in place."""
+        self.h[:, start:stop] = part.h
+        if self.c is not None and part.c is not None:
+            self.c[:, start:stop] = part.c
+
     def free(self, slots: Sequence[int]) -> None:
         """Reset rows ``slots`` to the zero state, in place (a request leaves: O(1) per row)."""
         index = torch.tensor(list(slots), dtype=torch.long, device=self.h.device)
