@@ -12,8 +12,8 @@ the level has run ``--requests-per-client`` requests per client. Reported per le
   divided by the slots: O(1) for the RNNs, the KV cache's capacity for a GPT).
 
 1 client is the same server serving one request at a time: the ratio of 32 clients to it is the
-gain of continuous batching. ``--lone-cost`` instead measures what the fixed batch shape costs a
-lone request: one client's tokens/s with ``--max-batch 32`` against ``--max-batch 1``.
+gain of continuous batching. ``--lone-cost`` instead measures what the fixed tile shapes cost a
+lone request, and what smaller tiles cost a full batch (see :func:`lone_cost`).
 
     python benchmarks/serve_load.py [--new-tokens 128] [--levels 1,8,32]
     python benchmarks/serve_load.py --lone-cost
@@ -255,13 +255,14 @@ def main() -> None:
 
 def lone_cost(tmp: Path, args: argparse.Namespace) -> None:
     """What fixed shapes cost a lone request, measured in this process on the scheduler alone
-    (no HTTP): its tokens/s with 1 slot, with 32 slots in one tile, and with 32 slots in tiles of
-    8, in alternating rounds (median of 3); and 32 requests at once with the two tilings."""
+    (no HTTP): its tokens/s with 1 slot, with 32 slots in one tile, in tiles of 8 and in the
+    tiles ``choose_tile`` measures (the server's default), in alternating rounds (median of 3); and
+    32 requests at once with each tiling."""
     import queue as queues
 
     from rnn2gpt import load
     from rnn2gpt.config import GenerationConfig
-    from rnn2gpt.generation.scheduler import Request, Scheduler
+    from rnn2gpt.generation.scheduler import Request, Scheduler, choose_tile
 
     torch.set_num_threads(args.threads)
 
@@ -288,10 +289,12 @@ def lone_cost(tmp: Path, args: argparse.Namespace) -> None:
         generator = load(make_checkpoint(tmp / name.replace(" ", "-"), shape))
         prompt = generator.encode_prompt(PROMPT)
         tokens = 32 if "gpt-2" in name else args.new_tokens
+        measured = choose_tile(generator.model, 32)
         setups = {
             "1 slot": (1, None),
             "32 slots, 1 tile": (32, None),
             "32 slots, tiles of 8": (32, 8),
+            f"32 slots, measured tile ({measured})": (32, measured),
         }
         lone: dict[str, list[float]] = {k: [] for k in setups}
         full: dict[str, list[float]] = {k: [] for k in setups if k != "1 slot"}

@@ -198,3 +198,25 @@ def test_requests_that_cannot_run_are_refused(tokenizer):
             scheduler.check([1], GenerationConfig(num_beams=2))
     finally:
         scheduler.close()
+
+
+def test_choose_tile_keeps_three_quarters_of_the_best_full_load_rate(tokenizer, monkeypatch):
+    from rnn2gpt.generation import scheduler as module
+
+    model = _model("gru", tokenizer)
+    assert 8 % module.choose_tile(model, 8, repeats=1) == 0  # a divisor, whatever this CPU measures
+
+    # With a fake clock each step of t rows takes cost[t] seconds: rates 1, 1.6, 2.5, 3 rows/s.
+    cost = {1: 1.0, 2: 1.25, 4: 1.6, 8: 8 / 3}
+    now = [0.0]
+    forward = model.forward
+
+    def timed(tokens, state=None, **kw):
+        now[0] += cost[tokens.shape[0]]
+        return forward(tokens, state, **kw)
+
+    monkeypatch.setattr(model, "forward", timed)
+    monkeypatch.setattr(module.time, "perf_counter", lambda: now[0])
+    assert module.choose_tile(model, 8, repeats=3) == 4  # 2.5 >= 0.75 * 3 > 1.6
+    assert module.choose_tile(model, 8, keep=0.5, repeats=3) == 2
+    assert module.choose_tile(model, 8, keep=1.0, repeats=3) == 8

@@ -30,7 +30,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--tile",
         type=int,
         metavar="ROWS",
-        help="rows computed together per decode step, a divisor of --max-batch (default 8); "
+        help="rows computed together per decode step, a divisor of --max-batch (default: "
+        "measured per model at start-up); "
         "smaller tiles make a lone request faster on large models, larger ones serve a full "
         "batch faster; results never depend on the load either way",
     )

@@ -19,9 +19,10 @@ product of a fixed number of rows gives each row the same result whatever its po
 neighbours (checked for MKL's sgemm; not so across row counts, where M = 1 takes a GEMV and
 larger M other blockings), so the same kernels compute a request's logits whatever else is
 running: a seeded request gives the same tokens alone or among 31 others. The price is that a
-lone request pays for a whole tile (measured in benchmarks/RESULTS.md: with tiles of 32 rows,
-0.30x of a lone slot's speed on a GPT-2-small-sized model). New requests take the lowest free
-slot, so running requests gather in as few tiles as possible.
+lone request pays for a whole tile (measured in benchmarks/RESULTS.md: with one tile of 32 rows,
+0.27-0.44x of a lone slot's speed), while smaller tiles cost a full batch more calls.
+:func:`choose_tile` measures the trade-off for a model at start-up. New requests take the lowest
+free slot, so running requests gather in as few tiles as possible.
 
 Per step: one batched forward (B = max_batch, T = 1), one host sync to read the greedy choices,
 and for each busy row its processors and (when sampling) one draw; the events of a request are
@@ -50,6 +51,41 @@ from .request import make_generator, vocab_size_of
 from .stopping import TextTracker
 
 logger = logging.getLogger(__name__)
+
+
+def choose_tile(model: nn.Module, max_batch: int, *, keep: float = 0.75, repeats: int = 5) -> int:
+    """The tile for ``max_batch`` slots of ``model``, measured on this machine.
+
+    Times one decode step (T = 1) at every divisor t of ``max_batch`` (median of ``repeats``) and
+    returns the smallest t whose full-load rate, t rows per step time, is at least ``keep`` of the
+    best divisor's: a lone request runs as fast as it can without costing a full batch more than
+    a quarter of its throughput. Large models, whose step is arithmetic, get small tiles; small
+    ones, whose step is fixed per-call cost, get large tiles. Takes ~20 steps' time.
+    """
+    device = model_device(model)
+    divisors = [t for t in range(1, max_batch + 1) if max_batch % t == 0]
+    step_seconds: dict[int, float] = {}
+    with eval_mode(model), torch.inference_mode():
+        for rows in divisors:
+            state = model.new_state(rows, slots=True)
+            tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+            _, state = model(tokens, state)  # warm-up: first-call allocations
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                _, state = model(tokens, state)
+                samples.append(time.perf_counter() - start)
+            step_seconds[rows] = sorted(samples)[len(samples) // 2]
+    rate = {rows: rows / seconds for rows, seconds in step_seconds.items()}
+    best = max(rate.values())
+    tile = min(rows for rows in divisors if rate[rows] >= keep * best)
+    logger.info(
+        "tile %d of %d slots (ms per step: %s)",
+        tile,
+        max_batch,
+        ", ".join(f"{rows} rows {1000 * s:.2f}" for rows, s in step_seconds.items()),
+    )
+    return tile
 
 
 class QueueFull(Exception):

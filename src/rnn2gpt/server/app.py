@@ -355,7 +355,10 @@ def serve(
     app = create_app(
         directories, names=names, settings=settings, api_key=api_key, cors_origins=cors_origins
     )
-    logger.info("serving %s on http://%s:%d", ", ".join(app.state.hosts), host, port)
+    for name, loaded in app.state.hosts.items():
+        tile = getattr(loaded.engine, "tile", None)  # a language model's scheduler
+        shape = f", decoded in tiles of {tile} of {settings.max_batch} slots" if tile else ""
+        print(f"model {name}: {loaded.config.model.arch}{shape}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

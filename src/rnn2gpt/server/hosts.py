@@ -10,7 +10,6 @@ A model is named after its run folder: ``runs/x`` and ``runs/x/best`` are both `
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from ..checkpoint import read_config, resolve_checkpoint_dir
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..generation.scheduler import Scheduler
+from ..generation.scheduler import Scheduler, choose_tile
 from .metrics import ServerMetrics
 from .schemas import ModelCard
 
@@ -43,18 +42,12 @@ class ServerSettings:
 
     max_batch: int = 32
     max_queue: int = 128
-    # Rows computed together per decode step; None: 8 (or the largest divisor of max_batch below
-    # it). Measured (benchmarks/RESULTS.md): tiles of 8 run a lone request on a GPT-2-small-sized
-    # model about 3x faster than one tile of 32, and a full batch about as fast.
+    # Rows computed together per decode step; None: measured per model at start-up
+    # (generation.scheduler.choose_tile; benchmarks/RESULTS.md has the trade-off).
     tile: int | None = None
     max_tokens: int = 2048  # the most tokens one request may ask for
     max_prompt_tokens: int = 8192  # the longest prompt of a model without a context limit
     dtype: str = "fp32"
-
-    @property
-    def rows_per_tile(self) -> int:
-        """The tile the scheduler runs with: ``tile``, or gcd(8, max_batch) when unset."""
-        return self.tile or math.gcd(8, self.max_batch)
 
 
 @dataclass
@@ -98,7 +91,7 @@ def _language_model(
         generator.tokenizer,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
-        tile=settings.rows_per_tile,
+        tile=settings.tile or choose_tile(generator.model, settings.max_batch),
         observer=metrics.observer(name),
     )
     metrics.watch(name, scheduler)
