@@ -60,4 +60,12 @@ def summarize(checkpoint: str, texts: list[str], **kwargs: Any) -> list[str]:
     return _summarize(checkpoint, texts, **kwargs)
 
 
-__all__ = ["__version__", "finetune", "load", "summarize", "train", "translate"]
+def detect_watermark(source: str, text: str, key: str, **kwargs: Any):
+    """Whether ``text`` carries the watermark of ``key``; see :func:`rnn2gpt.api.detect_watermark`
+    (mirrors ``rnn2gpt detect``)."""
+    from .api import detect_watermark as _detect
+
+    return _detect(source, text, key, **kwargs)
+
+
+__all__ = ["__version__", "detect_watermark", "finetune", "load", "summarize", "train", "translate"]

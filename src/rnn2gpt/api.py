@@ -442,6 +442,97 @@ def export_hf(
     )
 
 
+# ---------------------------------------------------------------------- responsible generation
+
+
+@dataclass(frozen=True)
+class WatermarkVerdict:
+    """What :func:`detect_watermark` found.
+
+    Attributes:
+        detection: counts, z-score, p-value and verdict, per-token flags
+            (:class:`~rnn2gpt.generation.watermark.Detection`).
+        pieces: the text of each judged token (the prompt excluded).
+        prompt: the prompt given, which served as context only.
+        dropped: characters of the text outside a char vocabulary, left out (a model with that
+            vocabulary cannot have written them).
+    """
+
+    detection: Any
+    pieces: list[str]
+    prompt: str
+    dropped: int
+
+    def html(self) -> str:
+        from .analysis.watermark_view import watermark_html
+
+        return watermark_html(self.pieces, self.detection, self.prompt)
+
+
+def detect_watermark(
+    source: str | Path | Any,
+    text: str,
+    key: str,
+    *,
+    prompt: str = "",
+    gamma: float = 0.25,
+    context: int = 1,
+    threshold: float = 4.0,
+    count_repeats: bool = False,
+) -> WatermarkVerdict:
+    """Whether ``text`` carries the watermark of ``key`` (``rnn2gpt detect``).
+
+    ``source``: a checkpoint or run folder (only its tokenizer is read), or a tokenizer. The
+    text is scored with that tokenizer; ``prompt``, when given, is the context of the first
+    token and is not counted. ``gamma`` and ``context`` must be those the text was written with.
+    """
+    from .analysis.common import token_pieces
+    from .checkpoint import read_tokenizer
+    from .generation.watermark import detect
+
+    if isinstance(source, (str, Path)):
+        tokenizer = read_tokenizer(resolve_checkpoint_dir(source))
+    else:
+        tokenizer = source
+    prompt_ids, _ = _encode_known(tokenizer, prompt) if prompt else ([], 0)
+    ids, dropped = _encode_known(tokenizer, text)
+    detection = detect(
+        prompt_ids + ids,
+        key,
+        gamma=gamma,
+        context=context,
+        prompt_len=len(prompt_ids),
+        threshold=threshold,
+        count_repeats=count_repeats,
+    )
+    return WatermarkVerdict(detection, token_pieces(tokenizer, ids), prompt, dropped)
+
+
+def _encode_known(tokenizer: Any, text: str) -> tuple[list[int], int]:
+    """Token ids of ``text`` and how many characters were left out: a char vocabulary without
+    ``<unk>`` cannot encode characters it never saw, and its models never write them."""
+    from .errors import TokenizerError
+
+    try:
+        return tokenizer.encode(text), 0
+    except TokenizerError:
+        if tokenizer.kind != "char":
+            raise
+    known = {c for c in set(text) if _encodes(tokenizer, c)}
+    kept = "".join(c for c in text if c in known)
+    return (tokenizer.encode(kept) if kept else []), len(text) - len(kept)
+
+
+def _encodes(tokenizer: Any, character: str) -> bool:
+    from .errors import TokenizerError
+
+    try:
+        tokenizer.encode(character)
+    except TokenizerError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------- the machine
 
 

@@ -262,7 +262,7 @@ class GenerationConfig:
 
     Logits processors are applied in this order (see :mod:`rnn2gpt.generation.processors`):
     logit_bias, bad_words, min_new_tokens (eos ban), no_repeat_ngram_size, repetition_penalty,
-    presence/frequency penalties, temperature, top_k, top_p, min_p, typical_p.
+    presence/frequency penalties, watermark, temperature, top_k, top_p, min_p, typical_p.
     """
 
     max_new_tokens: int = field(
@@ -321,8 +321,33 @@ class GenerationConfig:
         ),
     )
     seed: int | None = field(default=None, metadata=_flag("--seed", "sampling seed"))
+    # The watermark (generation.watermark): a secret key turns it on. The key is left out of the
+    # repr and of to_dict, so it never reaches config.json, a log or a checkpoint.
+    watermark: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            **_flag("--watermark", "watermark the text with this secret key (never saved)", "KEY"),
+            "secret": True,
+        },
+    )
+    watermark_gamma: float = field(
+        default=0.25, metadata=_flag("--watermark-gamma", "green fraction of the vocabulary")
+    )
+    watermark_delta: float = field(
+        default=2.0, metadata=_flag("--watermark-delta", "bias added to green tokens' logits")
+    )
+    watermark_context: int = field(
+        default=1, metadata=_flag("--watermark-context", "previous tokens that seed the green list")
+    )
 
     def validate(self) -> None:
+        if self.watermark is not None:
+            if not self.watermark:
+                raise ConfigError("the watermark key is empty; give a secret string")
+            check_watermark_settings(
+                self.watermark_gamma, self.watermark_delta, self.watermark_context
+            )
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0 (got {self.max_new_tokens})")
         if self.min_new_tokens < 0 or self.min_new_tokens > max(self.max_new_tokens, 0):
@@ -570,6 +595,8 @@ def _unknown_key_message(section: str, key: str, valid) -> str:
 def _section_to_dict(obj: Any) -> dict[str, Any]:
     out = {}
     for f in fields(obj):
+        if f.metadata.get("secret"):
+            continue  # a secret (the watermark key) is never written or logged
         value = getattr(obj, f.name)
         if isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
@@ -584,6 +611,11 @@ def _section_from_dict(cls: type, section: str, values: dict[str, Any], source: 
     for key, value in values.items():
         if key not in valid:
             raise ConfigError(f"{source}: " + _unknown_key_message(section, key, valid))
+        if _is_secret(cls, key):
+            raise ConfigError(
+                f"{source}: {section}.{key} is a secret and is never read from a file; pass it "
+                "on the command line (generate --watermark KEY) or in the API call"
+            )
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
     return cls(**kwargs)
 
@@ -608,6 +640,20 @@ def _coerce(value: Any, type_hint: Any, name: str, source: str) -> Any:
     raise ConfigError(f"{source}: {name} must be {_type_name(type_hint)} (got {value!r})")
 
 
+def check_watermark_settings(gamma: float, delta: float, context: int) -> None:
+    """ConfigError unless 0 < gamma < 1, delta >= 0 and context >= 1 (the watermark's knobs)."""
+    if not 0.0 < gamma < 1.0:
+        raise ConfigError(f"the watermark's gamma (green fraction) must be in (0, 1) (got {gamma})")
+    if delta < 0:
+        raise ConfigError(f"the watermark's delta must be >= 0 (got {delta})")
+    if context < 1:
+        raise ConfigError(f"the watermark's context must be at least 1 token (got {context})")
+
+
+def _is_secret(cls: type, key: str) -> bool:
+    return any(f.name == key and f.metadata.get("secret") for f in fields(cls))
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
@@ -624,6 +670,7 @@ __all__ = [
     "RunConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "check_watermark_settings",
     "list_presets",
     "load_preset",
     "parse_duration",

@@ -132,7 +132,6 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
             newer rnn2gpt, or has missing, corrupt or mismatched files (the message says which).
     """
     from ..models import build_model
-    from ..tokenizers import load_tokenizer
 
     path = Path(directory).expanduser()
     recover_interrupted_swap(path)
@@ -142,10 +141,7 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
             raise CheckpointError(
                 f"{path} has no {required}; the checkpoint is incomplete, save or copy it again"
             )
-    try:
-        tokenizer = load_tokenizer(path)
-    except TokenizerError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    tokenizer = read_tokenizer(path)
     if config.model.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"{path}: config.json says vocab_size {config.model.vocab_size} but tokenizer.json "
@@ -174,6 +170,22 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: Any = "cpu"
     return Checkpoint(
         model, tokenizer, config, path, trainer_state, tensors, source_tokenizer=source_tokenizer
     )
+
+
+def read_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """The tokenizer of a checkpoint directory alone (no weights read); CheckpointError if it is
+    missing or unreadable."""
+    from ..tokenizers import load_tokenizer
+
+    path = Path(directory).expanduser()
+    if not (path / TOKENIZER_FILE).is_file():
+        raise CheckpointError(
+            f"{path} has no {TOKENIZER_FILE}; give a checkpoint folder (or its run folder)"
+        )
+    try:
+        return load_tokenizer(path)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _load_source_tokenizer(path: Path, config: RunConfig) -> Any:

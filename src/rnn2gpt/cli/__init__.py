@@ -21,6 +21,7 @@ from ..errors import Rnn2GptError
 from . import (
     analyze,
     compare,
+    detect,
     doctor,
     eval,
     export_hf,
@@ -42,6 +43,7 @@ COMMANDS = (
     train,
     finetune,
     generate,
+    detect,
     eval,
     translate,
     summarize,

@@ -17,12 +17,14 @@ A processor returns a new tensor and never modifies its inputs. :func:`build_pro
 4. ``no_repeat_ngram_size``  forbid any n-gram that already occurred
 5. ``repetition_penalty``  CTRL-style: shrink the scores of every token seen so far
 6. ``presence_penalty`` / ``frequency_penalty``  OpenAI-style, over generated tokens only
-7. ``temperature``         divide by the temperature
-8. ``top_k``, 9. ``top_p``, 10. ``min_p``, 11. ``typical_p``  keep a shortlist of tokens
+7. ``watermark``           add delta to a green list seeded by the key and the previous tokens
+8. ``temperature``         divide by the temperature
+9. ``top_k``, 10. ``top_p``, 11. ``min_p``, 12. ``typical_p``  keep a shortlist of tokens
 
-Hard rules first (biases and bans), then penalties, then the shape of the distribution, then the
-shortlists, which must see the final distribution. Steps 7-11 only change which token is
-*sampled*: greedy decoding and beam search leave them out (the argmax is unchanged by temperature,
+Hard rules first (biases and bans), then penalties, then the watermark (it applies to greedy and
+beam search too), then the shape of the distribution, then the shortlists, which must see the
+final distribution. Steps 8-12 only change which token is *sampled*: greedy decoding and beam
+search leave them out (the argmax is unchanged by temperature,
 top-k, top-p and min-p, and those searches are deterministic by design). A processor that is off
 is not in the list, so an empty list costs nothing per step.
 
@@ -41,6 +43,7 @@ from torch import Tensor
 from ..config import GenerationConfig
 from ..errors import ConfigError, TokenizerError
 from ..tokenizers.base import Tokenizer
+from .watermark import Watermark
 
 PAD = -1
 """The id that left-pads ``input_ids`` rows; processors ignore it."""
@@ -327,7 +330,7 @@ def build_processors(
             ``bad_words`` is not given.
         bad_words: token sequences to ban instead of encoding ``config.bad_words``.
         sampling: whether tokens are sampled; False leaves out temperature and the shortlists
-            (steps 7-11). Default: ``not config.greedy``.
+            (steps 8-12). Default: ``not config.greedy``.
         device: where the processors' constant tensors live (the scores' device).
     """
     device = torch.device(device)
@@ -355,6 +358,17 @@ def build_processors(
         out.append(
             PresenceFrequencyPenalty(
                 config.presence_penalty, config.frequency_penalty, prompt_len, vocab_size
+            )
+        )
+    if config.watermark is not None and config.watermark_delta != 0.0:
+        out.append(
+            Watermark(
+                config.watermark,
+                gamma=config.watermark_gamma,
+                delta=config.watermark_delta,
+                context=config.watermark_context,
+                vocab_size=vocab_size,
+                device=device,
             )
         )
     if not sampling:

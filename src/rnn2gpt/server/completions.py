@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import GenerationConfig
@@ -166,13 +166,19 @@ def generation_config(body: CompletionRequest, vocab_size: int) -> GenerationCon
         stop=tuple(stops),
         seed=body.seed,
     )
+    if body.watermark is not None:
+        config = replace(
+            config,
+            watermark=body.watermark.key,
+            watermark_gamma=body.watermark.gamma,
+            watermark_delta=body.watermark.delta,
+            watermark_context=body.watermark.context,
+        )
     config.validate()
     return config
 
 
 def _with_seed(config: GenerationConfig, seed: int) -> GenerationConfig:
-    from dataclasses import replace
-
     return replace(config, seed=seed)
 
 

@@ -2,7 +2,8 @@
 
 The completion request follows OpenAI's ``/v1/completions``; the fields OpenAI does not have
 (``top_k``, ``min_p``, ``typical_p``, ``repetition_penalty``) are the extensions vLLM and llama.cpp
-use. Bounds are part of the schema, so a client (or a fuzzer) sees them: ``max_tokens`` at most
+use; ``watermark`` is this toolkit's own (a key, gamma, delta and context, as ``generate
+--watermark``). Bounds are part of the schema, so a client (or a fuzzer) sees them: ``max_tokens`` at most
 :data:`MAX_TOKENS_CAP`, ``n`` at most :data:`MAX_N`, ``logprobs`` at most :data:`MAX_LOGPROBS`.
 A server may set lower limits of its own (``serve --max-tokens``); those answer 400.
 """
@@ -26,6 +27,20 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+
+
+class WatermarkOptions(_Body):
+    """The ``watermark`` extension: mark the completion with a secret key (never logged)."""
+
+    key: str = Field(..., min_length=1, max_length=256, description="the secret")
+    gamma: float = Field(0.25, gt=0.0, lt=1.0, description="green fraction of the vocabulary")
+    delta: float = Field(2.0, ge=0.0, le=20.0, description="bias added to green logits")
+    context: int = Field(1, ge=1, le=8, description="previous tokens that seed the green list")
+
+    def __repr__(self) -> str:
+        return f"WatermarkOptions(key=<secret>, gamma={self.gamma}, delta={self.delta})"
+
+    __str__ = __repr__
 
 
 class CompletionRequest(_Body):
@@ -52,6 +67,7 @@ class CompletionRequest(_Body):
     echo: bool = Field(False, description="return the prompt before the completion")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    watermark: WatermarkOptions | None = Field(None, description="extension; see rnn2gpt detect")
     user: str | None = None
 
 
