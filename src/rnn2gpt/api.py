@@ -508,6 +508,42 @@ def detect_watermark(
     return WatermarkVerdict(detection, token_pieces(tokenizer, ids), prompt, dropped)
 
 
+def training_text(config: RunConfig) -> str:
+    """The training text a run read: ``data.path`` (under ``data.data_dir``) or the bundled
+    corpus; DataError when it is no longer where the run found it."""
+    from .data import bundled_corpus_path, read_text, resolve_data_path
+
+    if not config.data.path:
+        return read_text(bundled_corpus_path())
+    return read_text(resolve_data_path(config.data.path, config.data.data_dir))
+
+
+def sample_report(
+    generator: TextGenerator, samples: Sequence[str], train_text: str | None = None
+) -> dict[str, Any]:
+    """Quality of generated ``samples`` (``generate --report``): distinct-1/2 and the 4-gram
+    repetition rate over words (:mod:`rnn2gpt.evaluation.diversity`), and per sample the longest
+    span copied verbatim from ``train_text`` (default: the run's own training text), in tokens
+    of the checkpoint's tokenizer and in characters (:mod:`rnn2gpt.evaluation.memorization`)."""
+    import numpy as np
+
+    from .analysis.common import token_pieces
+    from .evaluation.diversity import diversity_metrics
+    from .evaluation.memorization import CopyIndex
+
+    text = training_text(generator.config) if train_text is None else train_text
+    corpus, _ = _encode_known(generator.tokenizer, text)
+    index = CopyIndex(np.asarray(corpus, dtype=np.int32))
+    copies = []
+    for sample in samples:
+        ids, _ = _encode_known(generator.tokenizer, sample)
+        span = index.longest_copy(ids)
+        pieces = token_pieces(generator.tokenizer, ids[span.sample_start :][: span.length])
+        copied = "".join(pieces) if span.length else ""
+        copies.append({"tokens": span.length, "chars": len(copied), "text": copied})
+    return {**diversity_metrics(list(samples)), "longest_copy": copies, "copy_min_tokens": index.k}
+
+
 def _encode_known(tokenizer: Any, text: str) -> tuple[list[int], int]:
     """Token ids of ``text`` and how many characters were left out: a char vocabulary without
     ``<unk>`` cannot encode characters it never saw, and its models never write them."""

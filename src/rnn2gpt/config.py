@@ -321,6 +321,19 @@ class GenerationConfig:
         ),
     )
     seed: int | None = field(default=None, metadata=_flag("--seed", "sampling seed"))
+    # Quality guard: when the last N tokens repeat an earlier span, stop the row ("stop", finish
+    # reason "repetition") or ban the token that completes the repeat and sample again
+    # ("resample", the no-repeat n-gram processor at size N).
+    repetition_guard: int = field(
+        default=0,
+        metadata=_flag(
+            "--repetition-guard", "guard against repeating any N-token span; 0 = off", "N"
+        ),
+    )
+    repetition_guard_action: str = field(
+        default="stop",
+        metadata=_flag("--repetition-guard-action", "stop | resample", "ACTION"),
+    )
     # The watermark (generation.watermark): a secret key turns it on. The key is left out of the
     # repr and of to_dict, so it never reaches config.json, a log or a checkpoint.
     watermark: str | None = field(
@@ -381,6 +394,11 @@ class GenerationConfig:
                 f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})"
             )
         _check_choice("context_policy", self.context_policy, ("slide", "stop"))
+        _check_choice("repetition_guard_action", self.repetition_guard_action, ("stop", "resample"))
+        if self.repetition_guard < 0:
+            raise ConfigError(
+                f"repetition_guard must be >= 0; 0 = off (got {self.repetition_guard})"
+            )
 
     @property
     def greedy(self) -> bool:

@@ -36,6 +36,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="print each token's log-probability (and N alternatives)",
     )
     p.add_argument("--json", action="store_true", help="print JSON results")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="after the samples: distinct-n, repetition rate and the longest span copied from "
+        "the training text",
+    )
+    p.add_argument(
+        "--train-text",
+        metavar="FILE",
+        help="--report: the text to look for copies in (default: the run's training text)",
+    )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     add_set_option(p, "--set typical_p=0.9 (any generation setting)")
     return p
@@ -50,18 +61,55 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
     for prompt in prompts:
         gen.encode_prompt(prompt)  # and every prompt
+    train_text = None
+    if args.train_text:
+        from ..data import read_text
+
+        train_text = read_text(args.train_text)  # a wrong path fails before generating
     streaming = (
-        not args.json and args.logprobs is None and len(prompts) == 1 and config.num_beams == 1
+        not args.json
+        and not args.report
+        and args.logprobs is None
+        and len(prompts) == 1
+        and config.num_beams == 1
     )
     if streaming:
         _stream(gen, prompts[0], settings, config.num_return_sequences, config.seed)
         return 0
     results = gen.complete(prompts, logprobs=args.logprobs, **settings)
+    report = None
+    if args.report:
+        from ..api import sample_report
+
+        texts = [g.text for per_prompt in results for g in per_prompt]
+        report = sample_report(gen, texts, train_text)
     if args.json:
-        _print_json(prompts, results, args.logprobs)
+        _print_json(prompts, results, args.logprobs, report)
     else:
         _print_text(gen, prompts, results, args.logprobs)
+        if report is not None:
+            _print_report(report)
     return 0
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print("-" * 40)
+    print(
+        f"distinct-1 {report['distinct_1']:.3f}, distinct-2 {report['distinct_2']:.3f}, "
+        f"{report['repetition_n']}-gram repetition rate {report['repetition_rate']:.3f} "
+        f"(over {report['units']} words)"
+    )
+    for index, copy in enumerate(report["longest_copy"]):
+        if copy["tokens"]:
+            print(
+                f"sample {index}: longest span copied from the training text: {copy['tokens']} "
+                f"tokens ({copy['chars']} characters): {copy['text']!r}"
+            )
+        else:
+            print(
+                f"sample {index}: no span of {report['copy_min_tokens']} tokens or more copied "
+                "from the training text"
+            )
 
 
 def _stream(gen: Any, prompt: str, settings: dict[str, Any], count: int, seed: int | None) -> None:
@@ -77,7 +125,9 @@ def _stream(gen: Any, prompt: str, settings: dict[str, Any], count: int, seed: i
     sys.stdout.write("\n")
 
 
-def _print_json(prompts: list[str], results: list, logprobs: int | None) -> None:
+def _print_json(
+    prompts: list[str], results: list, logprobs: int | None, report: dict | None = None
+) -> None:
     records = []
     for prompt, per_prompt in zip(prompts, results):
         for index, g in enumerate(per_prompt):
@@ -94,7 +144,10 @@ def _print_json(prompts: list[str], results: list, logprobs: int | None) -> None
                     {str(k): v for k, v in alt.items()} for alt in (g.top_logprobs or [])
                 ]
             records.append(record)
-    print(json.dumps(records if len(records) != 1 else records[0], ensure_ascii=False, indent=1))
+    out: Any = records if len(records) != 1 else records[0]
+    if report is not None:
+        out = {"samples": records, "report": report}
+    print(json.dumps(out, ensure_ascii=False, indent=1))
 
 
 def _print_text(gen: Any, prompts: list[str], results: list, logprobs: int | None) -> None:

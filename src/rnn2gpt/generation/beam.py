@@ -39,6 +39,7 @@ from .context import ContextPolicy, ModelRunner
 from .processors import PAD, apply_processors, build_processors
 from .request import vocab_size_of
 from .results import Generation, make_generation
+from .stopping import repeat_guard
 
 _NEG_INF = float("-inf")
 
@@ -324,6 +325,7 @@ class _BeamSearch:
                         tokenizer=self.tokenizer,
                         prompt_ids=self.prompts[p],
                         stop=self.config.stop,
+                        repeat_guard=repeat_guard(self.config),
                         logprobs=hypothesis.logprobs,
                         top_logprobs=hypothesis.top_logprobs,
                         score=hypothesis.score,

@@ -14,7 +14,8 @@ A processor returns a new tensor and never modifies its inputs. :func:`build_pro
 1. ``logit_bias``          add a fixed bias to chosen tokens
 2. ``bad_words``           forbid token sequences (the last token when the rest matches)
 3. ``min_new_tokens``      forbid end-of-sequence until enough tokens were generated
-4. ``no_repeat_ngram_size``  forbid any n-gram that already occurred
+4. ``no_repeat_ngram_size``  forbid any n-gram that already occurred (also the repetition
+   guard's ``resample`` action, at its size)
 5. ``repetition_penalty``  CTRL-style: shrink the scores of every token seen so far
 6. ``presence_penalty`` / ``frequency_penalty``  OpenAI-style, over generated tokens only
 7. ``watermark``           add delta to a green list seeded by the key and the previous tokens
@@ -352,6 +353,9 @@ def build_processors(
         out.append(MinNewTokens(config.min_new_tokens, prompt_len, eos_id))
     if config.no_repeat_ngram_size > 0:
         out.append(NoRepeatNGram(config.no_repeat_ngram_size))
+    resample = config.repetition_guard if config.repetition_guard_action == "resample" else 0
+    if resample > 0 and resample != config.no_repeat_ngram_size:
+        out.append(NoRepeatNGram(resample))  # the guard's "resample": the same ban at size N
     if config.repetition_penalty != 1.0:
         out.append(RepetitionPenalty(config.repetition_penalty, vocab_size))
     if config.presence_penalty != 0.0 or config.frequency_penalty != 0.0:

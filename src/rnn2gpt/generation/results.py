@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..tokenizers.base import Tokenizer
 from .stopping import TextTracker, decode_generated
 
-FINISH_REASONS = ("length", "eos", "stop", "context")
+FINISH_REASONS = ("length", "eos", "stop", "context", "repetition")
 
 
 @dataclass
@@ -19,8 +19,9 @@ class Generation:
         token_ids: the new tokens (the prompt and the end-of-sequence token are not included).
         text: their text when a tokenizer was given (cut before a stop string), else None.
         finish_reason: ``"length"`` (max_new_tokens reached), ``"eos"`` (end-of-sequence token),
-            ``"stop"`` (a stop string; text ends just before it) or ``"context"`` (the model's
-            context is full and ``context_policy == "stop"``).
+            ``"stop"`` (a stop string; text ends just before it), ``"context"`` (the model's
+            context is full and ``context_policy == "stop"``) or ``"repetition"`` (the
+            repetition guard: the last n tokens repeated an earlier span).
         logprobs: when asked, the log-probability of each token of ``token_ids`` under the
             model's unprocessed distribution (before temperature, penalties and filters).
         top_logprobs: when asked, per token a dict {token_id: logprob} of the most likely
@@ -44,6 +45,7 @@ def make_generation(
     tokenizer: Tokenizer | None,
     prompt_ids: Sequence[int],
     stop: Sequence[str] = (),
+    repeat_guard: int = 0,
     tracker: TextTracker | None = None,
     logprobs: list[float] | None = None,
     top_logprobs: list[dict[int, float]] | None = None,
@@ -54,12 +56,14 @@ def make_generation(
     text = None
     if tokenizer is not None:
         if tracker is None:
-            tracker = decode_generated(tokenizer, token_ids, prompt_ids=prompt_ids, stop=stop)
+            tracker = decode_generated(
+                tokenizer, token_ids, prompt_ids=prompt_ids, stop=stop, repeat_guard=repeat_guard
+            )
         else:
             tracker.finish()
         text = tracker.text
         if tracker.stopped:
-            finish_reason = "stop"
+            finish_reason = "repetition" if tracker.repeated else "stop"
             keep = tracker.kept_tokens
             token_ids = token_ids[:keep]
             logprobs = None if logprobs is None else logprobs[:keep]

@@ -170,7 +170,7 @@ class _Slot:
         )
         self.generator = None if config.greedy else make_generator(config.seed, device)
         self.eos = tokenizer.eos_id if config.stop_at_eos else None
-        self.tracker = TextTracker(tokenizer, prompt_ids=request.prompt_ids, stop=config.stop)
+        self.tracker = TextTracker.for_config(tokenizer, config, prompt_ids=request.prompt_ids)
         self.generated = 0
         self.last_token = 0
         self.first_time: float | None = None

@@ -37,7 +37,7 @@ from .context import ContextPolicy, ModelRunner
 from .processors import PAD, apply_processors, build_processors
 from .request import make_generator, resolve_eos, validate_request, vocab_size_of
 from .results import Generation, make_generation
-from .stopping import TextTracker
+from .stopping import TextTracker, repeat_guard
 
 
 class DecodeRun:
@@ -111,7 +111,7 @@ class DecodeRun:
         if track_text:
             assert tokenizer is not None
             self.trackers = [
-                TextTracker(tokenizer, prompt_ids=self.prompts[i], stop=config.stop)
+                TextTracker.for_config(tokenizer, config, prompt_ids=self.prompts[i])
                 for i in self.row_prompt
             ]
         # Rows that reach their token limit at step t (their limit-th token is chosen then).
@@ -305,8 +305,8 @@ def generate(
             eos_id=eos_id,
             pad_id=pad_id,
             logprobs=logprobs,
-            # Text is decoded live only when stop strings can end a row early.
-            track_text=tokenizer is not None and bool(config.stop),
+            # Text is decoded live only when stop strings or the guard can end a row early.
+            track_text=tokenizer is not None and bool(config.stop or repeat_guard(config)),
         )
         for _ in run:
             pass

@@ -12,6 +12,11 @@ it includes the separator, so ``prompt_text + text`` reads as the whole text. Th
 an incremental UTF-8 decoder, so a character split across tokens appears whole, once its last
 byte arrives; bytes left incomplete at the end become U+FFFD.
 
+The repetition guard (``repeat_guard = n``, from ``GenerationConfig.repetition_guard`` with the
+action ``stop``): a row ends as soon as its last n tokens repeat a span of n tokens seen earlier
+(in the prompt or the generated text). Its tokens are kept, so the text ends with that one
+repeat, and the finish reason is ``"repetition"``.
+
 Stop strings: after each token the new end of the text is searched for every stop string. The
 text is cut exactly before the first occurrence; the tokens kept are those whose text *starts*
 before the cut (so the kept tokens decode to the returned text, plus at most the part of one
@@ -22,8 +27,10 @@ from __future__ import annotations
 
 import bisect
 import codecs
+from collections import deque
 from collections.abc import Sequence
 
+from ..config import GenerationConfig
 from ..tokenizers.base import Tokenizer
 
 CONTEXT_TOKENS = 4
@@ -45,7 +52,9 @@ class TextTracker:
 
     Attributes:
         text: the text so far (cut before the stop string once one is found).
-        stopped: True once a stop string was found; no more tokens are accepted.
+        stopped: True once a stop string (or a repetition) was found; no more tokens are
+            accepted.
+        repeated: True when the repetition guard ended the text.
         closed: True once :meth:`finish` ran or a stop string was found.
     """
 
@@ -55,8 +64,15 @@ class TextTracker:
         *,
         prompt_ids: Sequence[int] = (),
         stop: Sequence[str] = (),
+        repeat_guard: int = 0,
     ) -> None:
         self._tokenizer = tokenizer
+        self._guard = repeat_guard
+        if repeat_guard:
+            self._recent: deque[int] = deque(maxlen=repeat_guard)
+            self._seen: set[tuple[int, ...]] = set()
+            for token in prompt_ids:
+                self._remember(token)
         self._window = list(prompt_ids[-CONTEXT_TOKENS:]) if CONTEXT_TOKENS else []
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = tuple(stop)
@@ -66,7 +82,17 @@ class TextTracker:
         self._shown = 0
         self.text = ""
         self.stopped = False
+        self.repeated = False
         self.closed = False
+
+    @classmethod
+    def for_config(
+        cls, tokenizer: Tokenizer, config: GenerationConfig, prompt_ids: Sequence[int] = ()
+    ) -> TextTracker:
+        """A tracker with the stop strings and the stopping repetition guard of ``config``."""
+        return cls(
+            tokenizer, prompt_ids=prompt_ids, stop=config.stop, repeat_guard=repeat_guard(config)
+        )
 
     # ------------------------------------------------------------------ growing
 
@@ -78,6 +104,11 @@ class TextTracker:
         piece = self._utf8.decode(self._token_bytes(token_id))
         if piece:
             self._grow(piece)
+        if self._guard and not self.stopped and self._remember(token_id):
+            # Every token is kept (streamed text is never taken back): the text ends with the
+            # first repeat of a span of n tokens.
+            self.repeated = self.stopped = True
+            self.finish()
         return self.stopped
 
     def finish(self) -> None:
@@ -133,6 +164,17 @@ class TextTracker:
             self._kept = bisect.bisect_left(self._starts, cut)
             self.stopped = self.closed = True
 
+    def _remember(self, token_id: int) -> bool:
+        """Note a token; True when the last ``repeat_guard`` tokens occurred together before."""
+        self._recent.append(token_id)
+        if len(self._recent) < self._guard:
+            return False
+        span = tuple(self._recent)
+        if span in self._seen:
+            return True
+        self._seen.add(span)
+        return False
+
     def _held_back(self) -> int:
         """Length of the longest tail of the text that is a proper prefix of a stop string."""
         text = self.text
@@ -149,9 +191,11 @@ def decode_generated(
     *,
     prompt_ids: Sequence[int] = (),
     stop: Sequence[str] = (),
+    repeat_guard: int = 0,
 ) -> TextTracker:
-    """Run a finished sequence through a :class:`TextTracker` (stopping at a stop string)."""
-    tracker = TextTracker(tokenizer, prompt_ids=prompt_ids, stop=stop)
+    """Run a finished sequence through a :class:`TextTracker` (stopping at a stop string or a
+    repetition)."""
+    tracker = TextTracker(tokenizer, prompt_ids=prompt_ids, stop=stop, repeat_guard=repeat_guard)
     for token in token_ids:
         if tracker.add(token):
             break
@@ -160,3 +204,8 @@ def decode_generated(
 
 
 __all__ = ["CONTEXT_TOKENS", "TextTracker", "decode_bytes", "decode_generated"]
+
+
+def repeat_guard(config: GenerationConfig) -> int:
+    """n of a repetition guard that stops rows (0: none; ``resample`` is a processor instead)."""
+    return config.repetition_guard if config.repetition_guard_action == "stop" else 0
