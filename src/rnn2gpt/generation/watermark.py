@@ -30,6 +30,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,7 +64,7 @@ class WatermarkKey:
         return "WatermarkKey(<secret>)"
 
 
-def _mix(values: Tensor, key: WatermarkKey) -> Tensor:
+def _mix(values: np.ndarray, key: WatermarkKey) -> np.ndarray:
     """Two rounds of a quadratic residue mix: int64 in [0, P) -> int64 in [0, P)."""
     _, _, _, multiplier, offset = key.seeds
     for _ in range(2):
@@ -72,20 +73,21 @@ def _mix(values: Tensor, key: WatermarkKey) -> Tensor:
     return values
 
 
-def context_seeds(context: Tensor, key: WatermarkKey) -> Tensor:
+def context_seeds(context: np.ndarray, key: WatermarkKey) -> np.ndarray:
     """(N, h) int64 previous tokens (PAD allowed) -> (N,) int64 seeds in [0, P)."""
     start, step, _, _, _ = key.seeds
-    seed = torch.full(context.shape[:1], start, dtype=torch.int64, device=context.device)
+    seed = np.full(context.shape[:1], start, dtype=np.int64)
     for column in range(context.shape[1]):
         seed = (seed * step + context[:, column] + 2) % MODULUS  # PAD (-1) becomes 1
     return _mix(seed, key)
 
 
-def green_values(seeds: Tensor, tokens: Tensor, key: WatermarkKey) -> Tensor:
-    """Hash values in [0, P) of ``tokens`` after contexts with ``seeds``.
+def green_values(seeds: np.ndarray, tokens: np.ndarray, key: WatermarkKey) -> np.ndarray:
+    """Hash values in [0, P) of ``tokens`` after contexts with ``seeds`` (int64 arrays).
 
     ``seeds`` (N,) with ``tokens`` (N,) gives (N,); ``seeds`` (N, 1) with ``tokens`` (V,) gives the
-    whole vocabulary per row, (N, V).
+    whole vocabulary per row, (N, V). NumPy, not torch: the vectors are short and numpy's
+    per-operation cost is a tenth of torch's, and the integer results are the same anywhere.
     """
     token_step = key.seeds[2]
     return _mix((seeds * token_step + tokens + 1) % MODULUS, key)
@@ -121,22 +123,41 @@ class Watermark:
         self.delta = delta
         self.context = context
         self.threshold = green_threshold(gamma)
-        self.vocabulary = torch.arange(vocab_size, dtype=torch.int64, device=device)
+        self.vocabulary = np.arange(vocab_size, dtype=np.int64)
+        self.device = torch.device(device)
+        # Bias vectors by context, so a context seen before costs one lookup, not a hash of the
+        # whole vocabulary (a char model meets every one of its V contexts within a few hundred
+        # tokens). Bounded to about 64 MB of vectors.
+        self._biases: dict[tuple[int, ...], Tensor] = {}
+        self._cache_limit = max(16, (64 << 20) // (4 * vocab_size))
 
     def green_mask(self, input_ids: Tensor) -> Tensor:
         """(B, L) ids so far -> (B, V) bool, True on each row's green list."""
-        context = input_ids[:, -self.context :]
+        context = input_ids[:, -self.context :].cpu().numpy().astype(np.int64)
         if context.shape[1] < self.context:  # shorter than h: pad on the left as the rows are
-            pad = context.new_full((context.shape[0], self.context - context.shape[1]), _PAD)
-            context = torch.cat([pad, context], dim=1)
+            pad = np.full((context.shape[0], self.context - context.shape[1]), _PAD, np.int64)
+            context = np.concatenate([pad, context], axis=1)
         seeds = context_seeds(context, self.key)[:, None]  # (B, 1)
-        return green_values(seeds, self.vocabulary, self.key) < self.threshold
+        green = green_values(seeds, self.vocabulary, self.key) < self.threshold
+        return torch.from_numpy(green).to(self.device)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self.delta == 0.0:
             return scores
-        mask = self.green_mask(input_ids).to(scores.dtype)
-        return scores + self.delta * mask
+        contexts = [tuple(row) for row in input_ids[:, -self.context :].tolist()]
+        missing = [i for i, c in enumerate(contexts) if c not in self._biases]
+        if len(self._biases) + len(missing) > self._cache_limit:
+            self._biases.clear()
+            missing = list(range(len(contexts)))
+        if missing:
+            biases = self.delta * self.green_mask(input_ids[missing]).to(torch.float32)
+            for row, bias in zip(missing, biases, strict=True):
+                self._biases[contexts[row]] = bias
+        if len(contexts) == 1:
+            bias = self._biases[contexts[0]]
+        else:
+            bias = torch.stack([self._biases[c] for c in contexts])
+        return scores + bias.to(scores.dtype)
 
     def __repr__(self) -> str:
         return f"Watermark(key=<secret>, delta={self.delta}, context={self.context})"
@@ -202,9 +223,9 @@ def detect(
     if threshold <= 0:
         raise ConfigError(f"the detection threshold must be a positive z-score (got {threshold})")
     secret = WatermarkKey.from_text(key)
-    text = torch.tensor(ids, dtype=torch.int64)
+    text = np.asarray(ids, dtype=np.int64)
     first = max(prompt_len, context)
-    positions = torch.arange(first, len(ids))
+    positions = np.arange(first, len(ids))
     if len(positions) == 0:
         return Detection(
             0,
@@ -217,7 +238,7 @@ def detect(
             (False,) * (len(ids) - prompt_len),
             (False,) * (len(ids) - prompt_len),
         )
-    windows = torch.stack([text[positions - context + i] for i in range(context)], dim=1)
+    windows = np.stack([text[positions - context + i] for i in range(context)], axis=1)
     seeds = context_seeds(windows, secret)
     green = (green_values(seeds, text[positions], secret) < green_threshold(gamma)).tolist()
     seen: set[tuple[int, ...]] = set()
