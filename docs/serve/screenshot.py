@@ -50,7 +50,7 @@ def main() -> None:
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",
-        "--window-size=1280,860",
+        "--window-size=1280,720",
         "--hide-scrollbars",
     ):
         options.add_argument(flag)
@@ -64,7 +64,7 @@ def main() -> None:
         prompt = driver.find_element(By.ID, "prompt")
         prompt.clear()
         prompt.send_keys("ROMEO:\n")
-        for name, value in (("max_tokens", 300), ("temperature", 0.8), ("seed", 1)):
+        for name, value in (("max_tokens", 120), ("temperature", 0.8), ("seed", 1)):
             driver.execute_script(
                 "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
                 "e.dispatchEvent(new Event('input'));",
@@ -73,8 +73,9 @@ def main() -> None:
             )
         driver.find_element(By.ID, "generate").click()
         until(lambda: driver.find_element(By.ID, "status").text == "done", 120)
-        tokens = driver.find_elements(By.CSS_SELECTOR, ".column .token")
-        word = next(t for t in tokens[40:] if t.text.strip().isalpha())
+        first_column = driver.find_elements(By.CSS_SELECTOR, "#output .column")[0]
+        tokens = first_column.find_elements(By.CSS_SELECTOR, ".token")
+        word = next(t for t in tokens[30:] if t.text.strip().isalpha())
         ActionChains(driver).move_to_element(word).perform()
         until(lambda: driver.find_elements(By.CSS_SELECTOR, "#alternatives .alt"))
         time.sleep(0.3)

@@ -26,6 +26,7 @@ character vocabularies, where bigrams repeat constantly). ``count_repeats=True``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ def green_values(seeds: np.ndarray, tokens: np.ndarray, key: WatermarkKey) -> np
     return _mix((seeds * token_step + tokens + 1) % MODULUS, key)
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_biases(
+    key: WatermarkKey, threshold: int, delta: float, context: int, vocab_size: int, device: str
+) -> dict[tuple[int, ...], Tensor]:
+    """One bias cache per watermark setting (the last 8 settings used in this process)."""
+    return {}
+
+
 def green_threshold(gamma: float) -> int:
     return int(gamma * MODULUS)
 
@@ -127,8 +136,11 @@ class Watermark:
         self.device = torch.device(device)
         # Bias vectors by context, so a context seen before costs one lookup, not a hash of the
         # whole vocabulary (a char model meets every one of its V contexts within a few hundred
-        # tokens). Bounded to about 64 MB of vectors.
-        self._biases: dict[tuple[int, ...], Tensor] = {}
+        # tokens). Shared by every processor of the same settings (each generate call builds
+        # its own processor), bounded to about 64 MB of vectors.
+        self._biases = _shared_biases(
+            self.key, self.threshold, delta, context, vocab_size, str(device)
+        )
         self._cache_limit = max(16, (64 << 20) // (4 * vocab_size))
 
     def green_mask(self, input_ids: Tensor) -> Tensor:
