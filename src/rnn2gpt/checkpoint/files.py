@@ -104,6 +104,21 @@ def names(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def destination_in_use(dest: Path, overwrite: bool) -> bool:
+    """Whether writing to ``dest`` would replace something: False for a missing or empty folder;
+    True for a non-empty folder with ``overwrite`` (the caller then checks that it is of a kind
+    it may replace). CheckpointError for a file, or a non-empty folder without ``overwrite``."""
+    if dest.exists() and not dest.is_dir():
+        raise CheckpointError(f"cannot write to {dest}: a file of that name exists")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return False
+    if not overwrite:
+        raise CheckpointError(
+            f"{dest} already exists and is not empty; choose another folder or pass --overwrite"
+        )
+    return True
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's or directory's contents to disk (directories: best effort)."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)

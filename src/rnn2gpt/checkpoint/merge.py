@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.lora import has_lora, merge_lora
+from .files import destination_in_use
 from .format import load_checkpoint, read_config, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,8 @@ def _check_destination(source: Path, dest: Path, overwrite: bool) -> None:
     """Refuse to write over the source, over a file, or over anything but a checkpoint."""
     if dest.exists() and source.resolve() == dest.resolve():
         raise CheckpointError(f"cannot merge {source} into itself; give another destination folder")
-    if dest.exists() and not dest.is_dir():
-        raise CheckpointError(f"cannot write to {dest}: a file of that name exists")
-    if not dest.is_dir() or not any(dest.iterdir()):
+    if not destination_in_use(dest, overwrite):
         return
-    if not overwrite:
-        raise CheckpointError(
-            f"{dest} already exists and is not empty; choose another folder or pass --overwrite"
-        )
     try:
         read_config(dest)
     except CheckpointError:

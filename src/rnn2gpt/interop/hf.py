@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..checkpoint.files import swap_in
+from ..checkpoint.files import destination_in_use, swap_in
 from ..config import GenerationConfig, RunConfig, TokenizerConfig, TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..models.gpt import GPT
@@ -393,14 +393,8 @@ def _check_destination(dest: Path, overwrite: bool, *, kind: str) -> None:
     ``kind`` is what ``dest`` may already hold to be replaced: "rnn2gpt" (a checkpoint) or
     "gpt2" (an export).
     """
-    if dest.exists() and not dest.is_dir():
-        raise CheckpointError(f"cannot write to {dest}: a file of that name exists")
-    if not dest.is_dir() or not any(dest.iterdir()):
+    if not destination_in_use(dest, overwrite):
         return
-    if not overwrite:
-        raise CheckpointError(
-            f"{dest} already exists and is not empty; choose a new directory or allow overwriting"
-        )
     config = dest / HF_CONFIG_FILE
     data = _read_json(config) if config.is_file() else {}
     ours = (
