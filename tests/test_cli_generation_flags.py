@@ -29,6 +29,12 @@ FLAGS = {
     "--num-samples": ("num_return_sequences", "3", 3),
     "--seed": ("seed", "11", 11),
     "--context-policy": ("context_policy", "stop", "stop"),
+    "--repetition-guard": ("repetition_guard", "8", 8),
+    "--repetition-guard-action": ("repetition_guard_action", "resample", "resample"),
+    "--watermark": ("watermark", "k3y", "k3y"),
+    "--watermark-gamma": ("watermark_gamma", "0.5", 0.5),
+    "--watermark-delta": ("watermark_delta", "1.5", 1.5),
+    "--watermark-context": ("watermark_context", "2", 2),
 }
 
 
