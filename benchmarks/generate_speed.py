@@ -30,6 +30,7 @@ from rnn2gpt.generation import generate  # noqa: E402
 from rnn2gpt.models import build_model  # noqa: E402
 from rnn2gpt.models.base import use_inference_layout  # noqa: E402
 from rnn2gpt.models.hf import gpt2_state_dict, model_config_to_gpt2_config  # noqa: E402
+from rnn2gpt.models.quantized import quantize_model  # noqa: E402
 
 PROMPT_LEN = 32
 NEW_TOKENS = 128
@@ -115,6 +116,10 @@ def bench_gpt(repeats: int, shapes: str = "ab") -> list[dict]:
         model_bf16.load_state_dict(model.state_dict())
         model_bf16.to(torch.bfloat16)
         use_inference_layout(model_bf16)  # what rnn2gpt.load(dtype="bf16") does
+        model_int8 = build_model(cfg).eval()
+        model_int8.load_state_dict(model.state_dict())
+        quantize_model(model_int8)  # what rnn2gpt.load(quantize="int8") does
+        use_inference_layout(model_int8)
         for batch in (1, 8):
             g = torch.Generator().manual_seed(batch)
             prompt = torch.randint(0, cfg.vocab_size, (batch, PROMPT_LEN), generator=g)
@@ -126,10 +131,14 @@ def bench_gpt(repeats: int, shapes: str = "ab") -> list[dict]:
             t_hf = time_runs(functools.partial(theirs, hf, prompt), repeats)
             t_ours = time_runs(functools.partial(ours, model, prompts), repeats)
             t_bf16 = time_runs(functools.partial(ours, model_bf16, prompts), repeats)
+            int8_tokens = [r[0].token_ids for r in ours(model_int8, prompts)]  # (and the compile)
+            agree_int8 = sum(a == b for a, b in zip(our_tokens, int8_tokens))
+            t_int8 = time_runs(functools.partial(ours, model_int8, prompts), repeats)
             tok = batch * NEW_TOKENS
             hf_tps = tok / statistics.median(t_hf)
             ours_tps = tok / statistics.median(t_ours)
             bf16_tps = tok / statistics.median(t_bf16)
+            int8_tps = tok / statistics.median(t_int8)
             rows.append(
                 {
                     "shape": name,
@@ -140,6 +149,9 @@ def bench_gpt(repeats: int, shapes: str = "ab") -> list[dict]:
                     "bf16": bf16_tps,
                     "ratio": ours_tps / hf_tps,
                     "ratio_bf16": bf16_tps / hf_tps,
+                    "int8": int8_tps,
+                    "ratio_int8": int8_tps / hf_tps,
+                    "agree_int8": f"{agree_int8}/{batch}",
                     "agree": f"{agree}/{batch}",
                     "roofline": (ours_tps / batch) * params * 4 / WEIGHT_BYTES_PER_S
                     if batch == 1
@@ -155,7 +167,8 @@ def print_row(r, flush=False):
     roof = f"{r['roofline']:.0%}" if r["roofline"] is not None else "-"
     print(
         f"| {r['shape']} | {r['batch']} | {r['hf']:,.1f} | {r['ours']:,.1f} | **{r['ratio']:.2f}x** "
-        f"| {r['bf16']:,.1f} | **{r['ratio_bf16']:.2f}x** | {roof} | {r['agree']} | {r['n']} |",
+        f"| {r['bf16']:,.1f} | **{r['ratio_bf16']:.2f}x** | {r['int8']:,.1f} | "
+        f"**{r['ratio_int8']:.2f}x** | {roof} | {r['agree']} | {r['agree_int8']} | {r['n']} |",
         flush=flush,
     )
 
@@ -195,9 +208,12 @@ def main() -> None:
     )
     print(
         "| shape | batch | transformers fp32 tok/s | rnn2gpt fp32 tok/s | ratio | rnn2gpt bf16 "
-        "tok/s | bf16 / HF fp32 | fp32 b1 of bandwidth roofline | same greedy tokens | n |"
+        "tok/s | bf16 / HF fp32 | rnn2gpt int8 tok/s | int8 / HF fp32 | fp32 b1 of bandwidth "
+        "roofline | same greedy tokens | int8 greedy = fp32 greedy | n |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     bench_gpt(repeats, args.shapes)
     if not args.no_recurrent:
         bench_recurrent(repeats)

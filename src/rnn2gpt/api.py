@@ -123,19 +123,37 @@ class TextGenerator:
         return 0 if pad is None else pad
 
 
-def load(directory: str | Path, *, dtype: str = "fp32", device: str = "cpu") -> TextGenerator:
+QUANTIZATIONS = ("int8",)
+
+
+def load(
+    directory: str | Path,
+    *,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    quantize: str | None = None,
+) -> TextGenerator:
     """Load a checkpoint directory for generation.
 
     Args:
         directory: a checkpoint (e.g. ``runs/x/best``) or a run directory holding ``best/``.
-        dtype: ``fp32`` or ``bf16`` (weights converted; faster on CPUs with bf16 units).
+        dtype: ``fp32`` or ``bf16`` (weights converted; faster on CPUs with bf16 units); with
+            int8 weights, the dtype of the activations.
         device: ``cpu``, ``cuda``...
+        quantize: ``"int8"``: every linear layer's weight to int8 with per-output-channel
+            scales (:mod:`rnn2gpt.models.quantized`). A checkpoint written by ``rnn2gpt
+            quantize`` is int8 already.
     """
     from .checkpoint import load_checkpoint
+    from .models.quantized import quantize_model
 
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of fp32, bf16 (got {dtype!r})")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (got {quantize!r})")
     checkpoint = load_checkpoint(resolve_checkpoint_dir(directory), map_location=device)
+    if quantize == "int8":
+        quantize_model(checkpoint.model)
     checkpoint.model.to(device=device, dtype=_DTYPES[dtype]).eval()
     use_inference_layout(checkpoint.model)
     return TextGenerator(checkpoint)
@@ -403,6 +421,36 @@ def finetune(
     return result
 
 
+def quantize_checkpoint(
+    checkpoint: str | Path, dest: str | Path, *, kind: str = "int8", overwrite: bool = False
+) -> Path:
+    """Write ``checkpoint`` with int8 weights to ``dest`` (``rnn2gpt quantize``): safetensors
+    with each linear layer's ``qweight`` and ``scale``, loadable without the original."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint.files import destination_in_use
+    from .models.quantized import quantize_model
+
+    if kind not in QUANTIZATIONS:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (got {kind!r})")
+    source = resolve_checkpoint_dir(checkpoint)
+    target = Path(dest).expanduser()
+    if destination_in_use(target, overwrite):
+        read_config(target)  # replace only a checkpoint
+    loaded = load_checkpoint(source)
+    if loaded.has_adapter:
+        raise ConfigError(
+            f"{source} holds LoRA adapters; merge them first (rnn2gpt merge-lora), then quantize"
+        )
+    save_checkpoint(
+        target,
+        model=quantize_model(loaded.model),
+        tokenizer=loaded.tokenizer,
+        config=loaded.config,
+        source_tokenizer=loaded.source_tokenizer,
+    )
+    return target
+
+
 def default_finetune_dir(checkpoint: str | Path) -> Path:
     """``runs/<run name>-finetuned``; the run name of ``runs/x/best`` is ``x``."""
     path = Path(checkpoint).expanduser().resolve()
@@ -604,6 +652,6 @@ def doctor_report(bench_seconds: float | None = 10.0) -> dict[str, Any]:
                 hardware.bf16_autocast_speedup() if hardware.cpu_has_fast_bf16() else None
             ),
         },
-        "generate": decoding_paths(),
+        "generate": decoding_paths(measure=bench_seconds is not None),
         "bench": None if bench_seconds is None else hardware.measure_throughput(bench_seconds),
     }

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.lora import has_lora, is_adapter_tensor
+from ..models.quantized import is_quantized, quantize_model
 from .files import OPTIMIZER_FILE, cpu_contiguous, json_default, load_tensors, names, read_metadata
 
 # Optimizer settings that describe how this process runs the update, not what was learned:
@@ -80,6 +81,8 @@ def load_model_weights(model: nn.Module, file: Path, device: torch.device | str 
     tensors (they live in ``adapter.safetensors``; see :func:`load_weights`).
     """
     stored = load_tensors(file, device)
+    if any(name.endswith(".qweight") for name in stored) and not is_quantized(model):
+        quantize_model(model)  # an int8 checkpoint (rnn2gpt quantize): int8 layers to fill
     expected = {k: v for k, v in model.state_dict().items() if not is_adapter_tensor(k)}
     groups = alias_groups(expected)
     full: dict[str, torch.Tensor] = {}

@@ -48,6 +48,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="--report: the text to look for copies in (default: the run's training text)",
     )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--quantize", choices=["int8"], help="int8 weights, per-output-channel scales")
     add_set_option(p, "--set typical_p=0.9 (any generation setting)")
     return p
 
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..api import load
 
-    gen = load(args.checkpoint, dtype=args.dtype)
+    gen = load(args.checkpoint, dtype=args.dtype, quantize=args.quantize)
     settings = generation_settings(args)
     config = gen.generation_config(**settings)  # every setting checked before anything prints
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]

@@ -49,6 +49,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="a model's name, one per DIR in order (default: its run folder's name)",
     )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights' dtype")
+    p.add_argument("--quantize", choices=["int8"], help="int8 weights for the language models")
     return p
 
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         tile=args.tile,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
     print(f"serving on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)
     serve(

@@ -44,6 +44,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
 from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
+from .quantized import int8_paths
 
 Recorder = Callable[[str, torch.Tensor], None]
 
@@ -190,11 +191,12 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
     return model
 
 
-def decoding_paths() -> dict[str, str]:
+def decoding_paths(measure: bool = False) -> dict[str, str]:
     """Which fast paths :func:`use_inference_layout` and the recurrent models take here, and why.
 
-    Keys: ``layout``, ``packed_fp32``, ``packed_bf16``, ``lstm_short_calls``; each value is one
-    phrase (what runs, then why), for ``rnn2gpt doctor`` and logs.
+    Keys: ``layout``, ``packed_fp32``, ``packed_bf16``, ``lstm_short_calls``, ``int8``; each value
+    is one phrase (what runs, then why), for ``rnn2gpt doctor`` and logs. ``measure`` times the
+    int8 kernels (seconds).
     """
     if not fastpaths_enabled():
         off = "off (RNN2GPT_FASTPATHS=off): plain nn.Linear"
@@ -203,6 +205,7 @@ def decoding_paths() -> dict[str, str]:
             "packed_fp32": off,
             "packed_bf16": off,
             "lstm_short_calls": "nn.LSTM as PyTorch dispatches it (RNN2GPT_FASTPATHS=off)",
+            "int8": int8_paths(),
         }
     paths = {"layout": "column-major fp32 linear weights (faster batch-1 reads)"}
     for name, dtype in (("packed_fp32", torch.float32), ("packed_bf16", torch.bfloat16)):
@@ -215,4 +218,5 @@ def decoding_paths() -> dict[str, str]:
     paths["lstm_short_calls"] = (
         f"torch.lstm_cell steps for calls under {SHORT_LSTM_CALL_STEPS} steps (no oneDNN kernel build)"
     )
+    paths["int8"] = int8_paths(measure)
     return paths

@@ -48,6 +48,7 @@ class ServerSettings:
     max_tokens: int = 2048  # the most tokens one request may ask for
     max_prompt_tokens: int = 8192  # the longest prompt of a model without a context limit
     dtype: str = "fp32"
+    quantize: str | None = None  # "int8": int8 weights for the language models
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _language_model(
 ) -> Host:
     from ..api import load
 
-    generator = load(directory, dtype=settings.dtype)
+    generator = load(directory, dtype=settings.dtype, quantize=settings.quantize)
     scheduler = Scheduler(
         generator.model,
         generator.tokenizer,
