@@ -71,6 +71,7 @@ def choose_int8_kernel(rows: int, in_features: int, out_features: int, dtype: to
     weight = torch.randn(out_features, in_features)
     q, scale = quantize_weight(weight)
     x = torch.randn(rows, in_features, dtype=dtype)
+    reference = _dequant(x, q, scale, None).float()
     timings = {}
     for kernel in KERNELS:
         if kernel == "int8pack" and not int8pack_available():
@@ -78,10 +79,7 @@ def choose_int8_kernel(rows: int, in_features: int, out_features: int, dtype: to
         if kernel == "gemv" and rows != 1:
             continue  # it reads the weight once per row: slower than fp32 from 2 rows on
         run = _KERNEL_FUNCTIONS[kernel]
-        try:
-            run(x, q, scale, None)  # warm-up (and, for gemv, the compile)
-        except Exception as exc:  # noqa: BLE001 - no compiler, no kernel: the others remain
-            logger.info("int8 kernel %s unavailable here: %s", kernel, exc)
+        if not kernel_agrees(kernel, x, q, scale, reference):
             continue
         samples = []
         for _ in range(5):
@@ -100,6 +98,27 @@ def choose_int8_kernel(rows: int, in_features: int, out_features: int, dtype: to
         ", ".join(f"{k} {1e6 * v:.1f} us" for k, v in timings.items()),
     )
     return best
+
+
+def kernel_agrees(
+    kernel: str, x: Tensor, q: Tensor, scale: Tensor, reference: Tensor | None = None
+) -> bool:
+    """Whether ``kernel`` runs here and gives the plain path's result for ``x`` (fp32 rounding
+    apart; bf16 within bf16's). A kernel that fails or disagrees is never used: measured on X3,
+    Inductor's int8 GEMV compiled at ``ATEN_CPU_CAPABILITY=avx2`` returns wrong values."""
+    if reference is None:
+        reference = _dequant(x, q, scale, None).float()
+    try:
+        out = _KERNEL_FUNCTIONS[kernel](x, q, scale, None).float()  # (and gemv's compile)
+    except Exception as exc:  # noqa: BLE001 - no compiler, no kernel: the others remain
+        logger.info("int8 kernel %s unavailable here: %s", kernel, exc)
+        return False
+    tolerance = 1e-3 if x.dtype == torch.float32 else 5e-2
+    size = reference.abs().amax().clamp_min(1.0)
+    if not torch.allclose(out, reference, rtol=tolerance, atol=tolerance * float(size)):
+        logger.warning("int8 kernel %s gives wrong results on this machine; not used", kernel)
+        return False
+    return True
 
 
 def int8_paths(measure: bool = False) -> str:
@@ -233,6 +252,7 @@ __all__ = [
     "choose_int8_kernel",
     "int8_paths",
     "int8pack_available",
+    "kernel_agrees",
     "is_quantized",
     "quantize_model",
     "quantize_weight",
