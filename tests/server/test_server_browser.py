@@ -156,11 +156,14 @@ def test_generate_stream_hover_stop_and_no_other_host(browser, checkpoints, live
         if not box.is_selected():
             box.click()
     driver.find_element(By.ID, "stop").click()
-    _set_slider(driver, "max_tokens", 20)
+    _set_slider(driver, "max_tokens", 100)  # more than fits the GPT's context of 64
     driver.find_element(By.ID, "generate").click()
-    _until(lambda: driver.find_element(By.ID, "status").text == "done")
+    _until(lambda: driver.find_element(By.ID, "status").text == "done", 60)
     columns = driver.find_elements(By.CSS_SELECTOR, "#output .column")
     assert {c.get_attribute("data-model") for c in columns} == {"tiny-lstm", "tiny-gpt"}
+    for col in columns:  # the GPT was asked for what fits after the prompt, not refused
+        assert col.find_elements(By.CSS_SELECTOR, ".error") == [], col.text
+        assert col.find_elements(By.CSS_SELECTOR, ".token")
 
     origin = server.url
     network = [

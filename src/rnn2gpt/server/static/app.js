@@ -155,7 +155,8 @@ async function complete(card, prompt, col, signal) {
   const s = settings();
   col.querySelector(".prompt").textContent = prompt;
   const body = {
-    model: card.id, prompt, stream: true, logprobs: 5, max_tokens: s.max_tokens,
+    model: card.id, prompt, stream: true, logprobs: 5,
+    max_tokens: await tokensThatFit(card, prompt, s.max_tokens, signal),
     temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, seed: s.seed,
   };
   const response = await api("/v1/completions", body, signal);
@@ -179,6 +180,17 @@ async function complete(card, prompt, col, signal) {
       for (const choice of chunk.choices) addToken(text, choice);
     }
   }
+}
+
+// A GPT cannot write past its context: ask for at most what fits after the prompt, so a short
+// model still answers (a column says when the prompt alone fills the context).
+async function tokensThatFit(card, prompt, wanted, signal) {
+  if (!card.context) return wanted;
+  const response = await api("/tokenize", { model: card.id, prompt }, signal);
+  // An empty prompt still takes one token: the model starts from its start token.
+  const room = card.context - Math.max((await response.json()).count, 1);
+  if (room < 1) throw new Error(`the prompt fills this model's context of ${card.context} tokens`);
+  return Math.min(wanted, room);
 }
 
 function addToken(text, choice) {
