@@ -579,7 +579,17 @@ def sample_report(
     from .evaluation.diversity import diversity_metrics
     from .evaluation.memorization import CopyIndex
 
-    text = training_text(generator.config) if train_text is None else train_text
+    if train_text is None:
+        from .errors import DataError
+
+        try:
+            train_text = training_text(generator.config)
+        except DataError as exc:
+            raise DataError(
+                f"--report looks for copies in the run's training text, which cannot be read "
+                f"({exc}); give it with --train-text FILE"
+            ) from None
+    text = train_text
     corpus, _ = _encode_known(generator.tokenizer, text)
     index = CopyIndex(np.asarray(corpus, dtype=np.int32))
     copies = []

@@ -145,3 +145,24 @@ def test_generate_report_prints_the_metrics_and_the_longest_copy(tmp_path, capsy
         "chars": 25,
         "text": "to be or not to be, that ",
     }
+
+
+def test_report_without_the_training_text_says_how_to_give_it(tmp_path, capsys):
+    from rnn2gpt.checkpoint import save_checkpoint
+    from rnn2gpt.config import DataConfig, RunConfig, TrainConfig
+
+    tokenizer = CharTokenizer.train("abc def\n")
+    shape = ModelConfig(arch="gru", vocab_size=tokenizer.vocab_size, n_layer=1, n_embd=8)
+    config = RunConfig(
+        model=shape,
+        data=DataConfig(path=str(tmp_path / "moved-away.txt")),
+        train=TrainConfig(threads=1, progress=False),
+    )
+    save_checkpoint(
+        tmp_path / "run" / "best", model=build_model(shape), tokenizer=tokenizer, config=config
+    )
+    code = main(
+        ["generate", str(tmp_path / "run"), "--prompt", "ab", "--max-new-tokens", "5", "--report"]
+    )
+    assert code == 2
+    assert "--train-text" in capsys.readouterr().err
