@@ -41,6 +41,7 @@ from rnn2gpt.evaluation.memorization import CopyIndex
 from rnn2gpt.generation.watermark import Watermark
 
 KEY = "benchmark key"
+CONTEXT = {"width": 1}  # --context: previous tokens that seed the green list (generate and detect)
 LENGTHS = (50, 100, 200, 400, 800)
 DELTAS = (1.0, 2.0, 4.0)
 
@@ -60,7 +61,7 @@ def snippets(text: str, count: int, chars: int, seed: int) -> list[str]:
 def generate_marked(gen, prompts: list[str], tokens: int, delta: float | None) -> list[list[int]]:
     settings = dict(max_new_tokens=tokens, temperature=1.0, top_k=0, top_p=1.0, stop_at_eos=False)
     if delta is not None:
-        settings.update(watermark=KEY, watermark_delta=delta)
+        settings.update(watermark=KEY, watermark_delta=delta, watermark_context=CONTEXT["width"])
     out = []
     batch = 8  # batched by 8 for speed, one seed per batch
     for start in range(0, len(prompts), batch):
@@ -76,7 +77,10 @@ def true_positive_rates(gen, prompts, ids_per_prompt) -> dict[int, float]:
         hits = 0
         for prompt, ids in zip(prompts, ids_per_prompt, strict=True):
             text = gen.tokenizer.decode(ids[:length])
-            hits += detect_watermark(gen.tokenizer, text, KEY, prompt=prompt).detection.watermarked
+            verdict = detect_watermark(
+                gen.tokenizer, text, KEY, prompt=prompt, context=CONTEXT["width"]
+            )
+            hits += verdict.detection.watermarked
         rates[length] = hits / len(prompts)
     return rates
 
@@ -92,7 +96,8 @@ def false_positive_rate(gen, text: str, windows: int, tokens: int = 200) -> tupl
     zs = []
     for s in starts:
         window = gen.tokenizer.decode(ids[s : s + tokens])
-        zs.append(detect_watermark(gen.tokenizer, window, KEY).detection.z_score)
+        found = detect_watermark(gen.tokenizer, window, KEY, context=CONTEXT["width"])
+        zs.append(found.detection.z_score)
     return sum(z >= 4 for z in zs) / len(zs), max(zs)
 
 
@@ -208,8 +213,11 @@ def main() -> None:
     parser.add_argument(
         "--speed-only", action="store_true", help="only the decode speed of the first run"
     )
+    parser.add_argument("--no-speed", action="store_true", help="skip the decode speed")
+    parser.add_argument("--context", type=int, default=1, help="watermark context width")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    CONTEXT["width"] = args.context
     if args.speed_only:
         report_speed(load(args.runs[0]), Path(args.runs[0]).name, rounds=9)
         return
@@ -240,7 +248,7 @@ def main() -> None:
                 + f"; sample perplexity {perplexity(gen, prompts, marked):.2f}",
                 flush=True,
             )
-        if number == 0:
+        if number == 0 and not args.no_speed:
             report_speed(gen, name)
     if args.memorization_mb:
         memorization(args.memorization_mb, load(args.runs[0]))
