@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not key:
         raise Rnn2GptError(f"give the secret with --key KEY or the {KEY_VARIABLE} variable")
     text = sys.stdin.read() if args.input == "-" else read_text(args.input)
-    prompt = args.prompt.encode().decode("unicode_escape") if args.prompt else ""
+    prompt = args.prompt  # as generate --prompt takes it: literally (no escapes; any Unicode)
     if prompt and text.startswith(prompt):
         text = text[len(prompt) :]  # the file holds prompt + completion: judge the completion
     verdict = detect_watermark(
