@@ -35,6 +35,8 @@ FLAGS = {
     "--watermark-gamma": ("watermark_gamma", "0.5", 0.5),
     "--watermark-delta": ("watermark_delta", "1.5", 1.5),
     "--watermark-context": ("watermark_context", "2", 2),
+    "--draft-tokens": ("draft_tokens", "6", 6),
+    "--prompt-lookup": ("prompt_lookup", "3", 3),
 }
 
 

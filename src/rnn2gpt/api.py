@@ -41,6 +41,9 @@ class TextGenerator:
         tokenizer: the tokenizer saved with it.
         config: the :class:`~rnn2gpt.config.RunConfig` it was trained with.
         directory: where it was loaded from.
+        draft: a :class:`TextGenerator` over the same tokenizer that drafts for this one
+            (speculative decoding; :meth:`use_draft`), or None.
+        speculation: the drafted/accepted counts of the last speculative call, or None.
     """
 
     def __init__(self, checkpoint: Any) -> None:
@@ -48,6 +51,23 @@ class TextGenerator:
         self.tokenizer = checkpoint.tokenizer
         self.config: RunConfig = checkpoint.config
         self.directory = Path(checkpoint.directory)
+        self.draft: TextGenerator | None = None
+        self.speculation: Any = None
+
+    def use_draft(self, draft: TextGenerator | None) -> None:
+        """Decode with speculative decoding, ``draft`` proposing tokens (None: plain decoding).
+
+        Any architecture drafts for any other, but both must share one tokenizer: the same
+        tokenizer fingerprint, else ConfigError.
+        """
+        if draft is not None and draft.tokenizer.fingerprint() != self.tokenizer.fingerprint():
+            raise ConfigError(
+                f"the draft model {draft.directory} has a different tokenizer from "
+                f"{self.directory} (fingerprints differ); a drafter must share the model's "
+                "tokenizer: train it on the same text with the same tokenizer settings (for BPE, "
+                "--set tokenizer.path=<the model's checkpoint>/tokenizer.json)"
+            )
+        self.draft = draft
 
     # ------------------------------------------------------------------ settings and prompts
 
@@ -83,10 +103,12 @@ class TextGenerator:
         """Generate for several prompts at once (batched); returns, per prompt, a list of
         :class:`~rnn2gpt.generation.Generation` (``num_return_sequences`` of them)."""
         from .generation import generate
+        from .generation.speculative import SpeculationStats
 
         config = self.generation_config(**settings)
         ids = [self.encode_prompt(p) for p in prompts]
-        return generate(
+        speculation = SpeculationStats()
+        results = generate(
             self.model,
             ids,
             config,
@@ -94,7 +116,12 @@ class TextGenerator:
             eos_id=self.tokenizer.eos_id,
             pad_id=self._pad_id(),
             logprobs=logprobs,
+            draft=None if self.draft is None else self.draft.model,
+            speculation=speculation,
         )
+        speculative = self.draft is not None or config.prompt_lookup > 0
+        self.speculation = speculation if speculative else None
+        return results
 
     def generate(self, prompt: str | Sequence[str] = "", **settings: Any) -> str | list[str]:
         """Generated text (without the prompt). A list of prompts gives a list of texts; with
@@ -116,6 +143,7 @@ class TextGenerator:
             config,
             tokenizer=self.tokenizer,
             eos_id=self.tokenizer.eos_id,
+            draft=None if self.draft is None else self.draft.model,
         )
 
     def _pad_id(self) -> int:
@@ -132,6 +160,7 @@ def load(
     dtype: str = "fp32",
     device: str = "cpu",
     quantize: str | None = None,
+    draft: str | Path | None = None,
 ) -> TextGenerator:
     """Load a checkpoint directory for generation.
 
@@ -143,6 +172,9 @@ def load(
         quantize: ``"int8"``: every linear layer's weight to int8 with per-output-channel
             scales (:mod:`rnn2gpt.models.quantized`). A checkpoint written by ``rnn2gpt
             quantize`` is int8 already.
+        draft: a checkpoint over the same tokenizer to draft tokens with (speculative decoding,
+            loaded with the same dtype, device and quantization): see
+            :meth:`TextGenerator.use_draft`.
     """
     from .checkpoint import load_checkpoint
     from .models.quantized import quantize_model
@@ -156,7 +188,10 @@ def load(
         quantize_model(checkpoint.model)
     checkpoint.model.to(device=device, dtype=_DTYPES[dtype]).eval()
     use_inference_layout(checkpoint.model)
-    return TextGenerator(checkpoint)
+    generator = TextGenerator(checkpoint)
+    if draft is not None:
+        generator.use_draft(load(draft, dtype=dtype, device=device, quantize=quantize))
+    return generator
 
 
 # ---------------------------------------------------------------------- training

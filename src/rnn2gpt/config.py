@@ -353,6 +353,21 @@ class GenerationConfig:
     watermark_context: int = field(
         default=1, metadata=_flag("--watermark-context", "previous tokens that seed the green list")
     )
+    # Speculative decoding (generation.speculative): a drafter proposes draft_tokens tokens per
+    # round, the model checks them in one forward. The draft model itself is not a setting (it
+    # is a checkpoint: `generate --draft DIR`); prompt lookup drafts by copying from the text.
+    draft_tokens: int = field(
+        default=4,
+        metadata=_flag("--draft-tokens", "speculative decoding: tokens drafted per round", "K"),
+    )
+    prompt_lookup: int = field(
+        default=0,
+        metadata=_flag(
+            "--prompt-lookup",
+            "draft by copying what followed the last N tokens earlier in the text; 0 = off",
+            "N",
+        ),
+    )
 
     def validate(self) -> None:
         if self.watermark is not None:
@@ -398,6 +413,15 @@ class GenerationConfig:
         if self.repetition_guard < 0:
             raise ConfigError(
                 f"repetition_guard must be >= 0; 0 = off (got {self.repetition_guard})"
+            )
+        if self.draft_tokens < 1:
+            raise ConfigError(f"draft_tokens must be >= 1 (got {self.draft_tokens})")
+        if self.prompt_lookup < 0:
+            raise ConfigError(f"prompt_lookup must be >= 0; 0 = off (got {self.prompt_lookup})")
+        if self.prompt_lookup and self.num_beams > 1:
+            raise ConfigError(
+                "prompt lookup is speculative decoding, which runs greedy or sampled decoding, "
+                "not beam search: set num_beams=1 or prompt_lookup=0"
             )
 
     @property

@@ -21,9 +21,12 @@ from rnn2gpt.models.packed import PackedLinear, pack_linear_layers, packed_linea
 
 
 @pytest.fixture(autouse=True)
-def pack_small_layers(monkeypatch, fastpaths_auto):
-    """These tests use tiny layers; pack them all (the default spares layers this small)."""
+def pack_small_layers(monkeypatch, fastpaths_auto, request):
+    """These tests use tiny layers; pack them all (the default spares layers this small), and
+    take the packed path wherever it is valid (the timed choice has tests of its own)."""
     monkeypatch.setattr(packed, "MIN_PACKED_WEIGHTS", 1)
+    if "measured_choice" not in request.keywords:
+        monkeypatch.setattr(packed, "packed_is_faster", lambda layer, x: True)
 
 
 def _count_packed_calls(monkeypatch) -> list[int]:
@@ -108,17 +111,38 @@ def test_equals_linear_in_fp32(monkeypatch, require_packing, shape, bias):
     assert calls[0] == 1
 
 
-def test_one_fp32_row_through_a_vocabulary_sized_matrix_keeps_linear(monkeypatch, require_packing):
+@pytest.mark.measured_choice
+def test_the_packed_path_runs_where_it_measured_faster(monkeypatch, require_packing):
     require_packing(torch.float32)
-    layer = nn.Linear(8, packed._FP32_SINGLE_ROW_PACKED_MAX_OUT + 1, bias=False)
-    calls = _count_packed_calls(monkeypatch)
+    monkeypatch.setattr(packed, "_CHOICES", {})
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 80)
     pack_linear_layers(layer)
-    x = torch.randn(1, 8)
+    calls = _count_packed_calls(monkeypatch)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
-        assert calls[0] == 0  # column-major GEMV reads this shape faster
-        layer(torch.randn(2, 8))
-    assert calls[0] == 1
+        for rows in (1, 4, 20):
+            x = torch.randn(rows, 48)
+            layer(x)  # the first call of a row-count class times both paths
+            before = calls[0]
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+            choice = packed._CHOICES[((80, 48), torch.float32, (48, 1), packed._row_class(rows))]
+            assert calls[0] - before == int(choice)
+    assert len(packed._CHOICES) == 3  # one timing per row-count class: 1, 2-8, more
+
+
+@pytest.mark.measured_choice
+def test_a_slower_packed_path_is_never_taken(monkeypatch, require_packing):
+    require_packing(torch.float32)
+    monkeypatch.setattr(packed, "_CHOICES", {})
+    timings = iter([1.0, 2.0])  # nn.Linear 1 s, packed 2 s
+    monkeypatch.setattr(packed, "_best_seconds", lambda fn: next(timings))
+    layer = nn.Linear(48, 80)
+    pack_linear_layers(layer)
+    calls = _count_packed_calls(monkeypatch)
+    x = torch.randn(1, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert calls[0] == 0 and type(layer) is PackedLinear
 
 
 @pytest.mark.parametrize("rows", [1, 8])

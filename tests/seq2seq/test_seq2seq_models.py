@@ -155,3 +155,23 @@ def test_batched_decoding_equals_one_by_one(trained, name):
     for source, result in zip(sources, batched):
         alone = generate(model.bind(torch.tensor([source])), [[BOS]], config, eos_id=EOS)
         assert alone[0][0].token_ids == result[0].token_ids
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prompt_lookup_from_the_source_gives_the_greedy_output(trained, name):
+    """Speculative decoding of an encoder-decoder: drafts copied from the source, checked by the
+    decoder (slot state, rolled back with truncate); a copying model accepts most of them."""
+    from rnn2gpt.generation.speculative import PromptLookup, SpeculationStats
+
+    model = trained[name]
+    sources, _ = sample_pairs(6, "copy", torch.Generator().manual_seed(5))
+    src, mask = pad_sources(sources, PAD)
+    config = GenerationConfig(temperature=0.0, max_new_tokens=12)
+    plain = generate(model.bind(src, mask), [[BOS]] * 6, config, eos_id=EOS)
+    stats = SpeculationStats()
+    lookup = PromptLookup(1, sources=[s[:-1] for s in sources])
+    spec = generate(
+        model.bind(src, mask), [[BOS]] * 6, config, eos_id=EOS, draft=lookup, speculation=stats
+    )
+    assert [g[0].token_ids for g in spec] == [g[0].token_ids for g in plain]
+    assert stats.acceptance_rate > 0.5

@@ -46,8 +46,10 @@ def restore_rng_state(json_part: Mapping[str, Any], tensors: Mapping[str, torch.
 def state_to_tensors(state: Any, prefix: str = "state") -> dict[str, torch.Tensor]:
     """Flatten a model state (a dataclass / tuple / list / dict of tensors) to named tensors.
 
-    Python numbers become 0-d tensors and ``None`` is skipped; :func:`state_from_tensors`
-    rebuilds the same structure from a template (e.g. ``model.new_state(batch_size)``).
+    Python numbers become 0-d tensors and ``None`` is skipped, as are dataclass fields marked
+    ``metadata={"transient": True}`` (decoding bookkeeping, not state to resume);
+    :func:`state_from_tensors` rebuilds the same structure from a template (e.g.
+    ``model.new_state(batch_size)``).
     """
     out: dict[str, torch.Tensor] = {}
 
@@ -60,7 +62,8 @@ def state_to_tensors(state: Any, prefix: str = "state") -> dict[str, torch.Tenso
             out[name] = torch.tensor(value)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             for f in dataclasses.fields(value):
-                visit(getattr(value, f.name), f"{name}.{f.name}")
+                if not f.metadata.get("transient"):
+                    visit(getattr(value, f.name), f"{name}.{f.name}")
         elif isinstance(value, tuple | list):
             for i, item in enumerate(value):
                 visit(item, f"{name}.{i}")
@@ -99,7 +102,7 @@ def state_from_tensors(
             changes = {
                 f.name: build(getattr(value, f.name), f"{name}.{f.name}")
                 for f in dataclasses.fields(value)
-                if f.init
+                if f.init and not f.metadata.get("transient")
             }
             return dataclasses.replace(value, **changes)
         if isinstance(value, tuple | list):

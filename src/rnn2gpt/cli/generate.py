@@ -49,6 +49,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--quantize", choices=["int8"], help="int8 weights, per-output-channel scales")
+    p.add_argument(
+        "--draft",
+        metavar="DRAFT_DIR",
+        help="speculative decoding: a small model over the same tokenizer drafts --draft-tokens "
+        "tokens, this model checks them in one step (greedy output unchanged)",
+    )
     add_set_option(p, "--set typical_p=0.9 (any generation setting)")
     return p
 
@@ -56,7 +62,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..api import load
 
-    gen = load(args.checkpoint, dtype=args.dtype, quantize=args.quantize)
+    gen = load(args.checkpoint, dtype=args.dtype, quantize=args.quantize, draft=args.draft)
     settings = generation_settings(args)
     config = gen.generation_config(**settings)  # every setting checked before anything prints
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
@@ -84,12 +90,20 @@ def run(args: argparse.Namespace) -> int:
 
         texts = [g.text for per_prompt in results for g in per_prompt]
         report = sample_report(gen, texts, train_text)
+    speculation = None if gen.speculation is None else gen.speculation.to_dict()
     if args.json:
-        _print_json(prompts, results, args.logprobs, report)
+        _print_json(prompts, results, args.logprobs, report, speculation)
     else:
         _print_text(gen, prompts, results, args.logprobs)
         if report is not None:
             _print_report(report)
+        if speculation is not None:
+            print(
+                f"speculative decoding: {speculation['accepted']} of {speculation['drafted']} "
+                f"drafted tokens accepted ({speculation['acceptance_rate']:.1%}) in "
+                f"{speculation['rounds']} rounds",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -127,7 +141,11 @@ def _stream(gen: Any, prompt: str, settings: dict[str, Any], count: int, seed: i
 
 
 def _print_json(
-    prompts: list[str], results: list, logprobs: int | None, report: dict | None = None
+    prompts: list[str],
+    results: list,
+    logprobs: int | None,
+    report: dict | None = None,
+    speculation: dict | None = None,
 ) -> None:
     records = []
     for prompt, per_prompt in zip(prompts, results):
@@ -146,8 +164,12 @@ def _print_json(
                 ]
             records.append(record)
     out: Any = records if len(records) != 1 else records[0]
-    if report is not None:
-        out = {"samples": records, "report": report}
+    if report is not None or speculation is not None:
+        out = {"samples": records}
+        if report is not None:
+            out["report"] = report
+        if speculation is not None:
+            out.update(speculation)
     print(json.dumps(out, ensure_ascii=False, indent=1))
 
 

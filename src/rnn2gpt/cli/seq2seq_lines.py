@@ -28,6 +28,13 @@ def register_seq2seq_command(subparsers: Any, name: str, task: str) -> argparse.
     limit = "from the source's length" if longest is None else str(longest)
     p.add_argument("--max-new-tokens", type=int, help=f"longest output in tokens (default {limit})")
     p.add_argument(
+        "--prompt-lookup",
+        type=int,
+        metavar="N",
+        help="greedy only: draft tokens by copying what followed the last N output tokens in "
+        "the source (speculative decoding: the same output, faster where it copies)",
+    )
+    p.add_argument(
         "--plot-attention",
         metavar="PNG",
         help="write the cross-attention heatmap of the first line to this PNG",
@@ -40,7 +47,12 @@ def run_seq2seq_lines(args: argparse.Namespace, task: str) -> int:
     from ..tasks import load_seq2seq, run_seq2seq
 
     runner = load_seq2seq(args.checkpoint)
-    options = {"task": task, "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
+    options = {
+        "task": task,
+        "num_beams": args.num_beams,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_lookup": args.prompt_lookup,
+    }
     first = None
     lines = read_input_lines(args.input)
     if args.input:  # a file: one batch

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GenerationConfig
+from ..errors import ConfigError
 from ..models.base import eval_mode, model_device
 from ..tokenizers.base import Tokenizer
 from .beam import beam_search
@@ -37,6 +38,7 @@ from .context import ContextPolicy, ModelRunner
 from .processors import PAD, apply_processors, build_processors
 from .request import make_generator, resolve_eos, validate_request, vocab_size_of
 from .results import Generation, make_generation
+from .speculative import Drafter, SpeculationStats, make_drafter, speculative_generate
 from .stopping import TextTracker, repeat_guard
 
 
@@ -264,6 +266,8 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     logprobs: int | None = None,
+    draft: nn.Module | Drafter | None = None,
+    speculation: SpeculationStats | None = None,
 ) -> list[list[Generation]]:
     """Continue each prompt; returns, per prompt, ``config.num_return_sequences`` generations.
 
@@ -278,10 +282,33 @@ def generate(
         pad_id: the token fed at padded and finished positions (never attended to or kept).
         logprobs: None for no log-probabilities; n >= 0 for each token's log-probability under
             the model's unprocessed distribution, plus its n most likely alternatives.
+        draft: a draft model over the same tokenizer (or a drafter): speculative decoding
+            (:mod:`~rnn2gpt.generation.speculative`), as is ``config.prompt_lookup > 0``; the
+            tokens are those of plain greedy decoding, or follow the same distribution.
+        speculation: when given, receives the drafted and accepted counts of a speculative run.
 
     Returns:
         ``result[i][j]`` is the j-th :class:`Generation` of prompt i (beam search: best first).
     """
+    drafter = make_drafter(config, draft)
+    if drafter is not None:
+        if logprobs is not None:
+            raise ConfigError(
+                "log-probabilities are not reported by speculative decoding; "
+                "drop the draft model or prompt lookup, or logprobs"
+            )
+        results, stats = speculative_generate(
+            model,
+            prompts,
+            config,
+            drafter,
+            draft_tokens=config.draft_tokens,
+            tokenizer=tokenizer,
+            eos_id=eos_id,
+        )
+        if speculation is not None:
+            speculation.__dict__.update(stats.__dict__)
+        return results
     validate_request(model, prompts, config, tokenizer=tokenizer, logprobs=logprobs)
     if not prompts:
         return []

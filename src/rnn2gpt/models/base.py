@@ -12,10 +12,12 @@ state ``forward`` returned, never from one already passed in.
 
 Beyond ``forward`` each model offers:
 
-- ``new_state(batch_size, pad_mask=None, capacity=None, *, slots=False) -> State``: an empty
-  state; with ``slots`` one whose rows are independent slots of their own lengths, with
-  ``write_rows(slots, other)`` (a prefilled state joins), ``free(slots)`` (a row leaves) and, for
-  caches, ``truncate({slot: length})`` (continuous batching; see SlotKVCache and RNNState). ``pad_mask``
+- ``new_state(batch_size, pad_mask=None, capacity=None, *, slots=False, rollback=0) -> State``:
+  an empty state; with ``slots`` one whose rows are independent slots of their own lengths, with
+  ``write_rows(slots, other)`` (a prefilled state joins), ``free(slots)`` (a row leaves) and
+  ``truncate({slot: length})`` (continuous batching, speculative decoding; see SlotKVCache and
+  RNNState: a recurrent state rolls back as far as ``rollback`` tokens, whose per-token states
+  it keeps). ``pad_mask``
   (B, T0) bool, True at real tokens, describes *left-padded* prompts that the next ``forward``
   will receive (exactly T0 tokens); padding then never changes an RNN's hidden state and is never
   attended to by a GPT, and GPT positions count real tokens only. ``capacity`` bounds the GPT
@@ -91,6 +93,7 @@ class LanguageModel(Protocol):
         capacity: int | None = None,
         *,
         slots: bool = False,
+        rollback: int = 0,
     ) -> State: ...
 
     def num_parameters(self, trainable_only: bool = False) -> int: ...
@@ -210,7 +213,10 @@ def decoding_paths(measure: bool = False) -> dict[str, str]:
     paths = {"layout": "column-major fp32 linear weights (faster batch-1 reads)"}
     for name, dtype in (("packed_fp32", torch.float32), ("packed_bf16", torch.bfloat16)):
         if packed_linear_supported(dtype):
-            paths[name] = f"oneDNN-packed weights for layers of {MIN_PACKED_WEIGHTS:,}+ weights"
+            paths[name] = (
+                f"oneDNN-packed weights for layers of {MIN_PACKED_WEIGHTS:,}+ weights, where "
+                "they measure faster than nn.Linear (timed per shape and row count at first use)"
+            )
         elif not torch.backends.mkldnn.is_available():
             paths[name] = "plain nn.Linear (this PyTorch has no oneDNN)"
         else:

@@ -218,12 +218,14 @@ class GPT(nn.Module):
         capacity: int | None = None,
         *,
         slots: bool = False,
+        rollback: int = 0,
     ) -> KVCache | SlotKVCache:
         """A preallocated cache of ``capacity`` slots (default: block_size).
 
         pad_mask: (B, T0) bool, True at real tokens of the left-padded prompt the next forward
         receives; pads are never attended to and positions count real tokens only.
         slots: rows of independent lengths (:class:`SlotKVCache`, for continuous batching).
+        rollback: unused: a slot cache rolls rows back to any length (``truncate``).
         """
         capacity = capacity or self.config.block_size
         if capacity > self.config.block_size:

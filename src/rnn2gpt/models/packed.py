@@ -3,11 +3,13 @@
 A decode step multiplies 1-8 rows of activations by every weight matrix of the model, so its
 speed is how fast the matrix kernels stream the weights. PyTorch's ``F.linear`` on CPU re-packs
 the (out, in) weight on every call, which at a handful of rows costs more than the product
-itself. oneDNN can pack a weight once into its own blocked layout and reuse it; measured here
-(GPT-2 small shapes, one thread, per decode step), that is 2.1x faster in bf16 at 1 and 8 rows
-and 2.6x faster in fp32 at 8 rows. For one fp32 row the column-major layout of
-:func:`rnn2gpt.models.base.use_inference_layout` reads the 50257 x 768 output matrix faster
-still, so a single fp32 row through a vocabulary-sized matrix keeps using it.
+itself. oneDNN can pack a weight once into its own blocked layout and reuse it; measured on one
+CPU (X1, GPT-2 small shapes, one thread, per decode step), that is 2.1x faster in bf16 at 1 and
+8 rows and 2.6x faster in fp32 at 8 rows. On another (X3) a packed call costs about 40 us more
+than ``F.linear`` on the column-major layout of :func:`rnn2gpt.models.base.use_inference_layout`,
+and loses at one fp32 row for every shape. So which one runs is measured, not assumed: the first
+call of each (shape, dtype, layout, row-count class) times both on the layer's own weight
+(:func:`packed_is_faster`) and the faster is kept for the rest of the process.
 
 :class:`PackedLinear` is ``nn.Linear`` (same parameters, state-dict names and results) with a
 packed copy of its weight used only where it is valid: no autograd, no autocast, CPU tensors of
@@ -25,6 +27,9 @@ turns it off (:mod:`rnn2gpt.hardware`).
 from __future__ import annotations
 
 import functools
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,13 +38,14 @@ from torch import nn
 
 from ..hardware import fastpaths_enabled
 
+logger = logging.getLogger(__name__)
+
 # The batch size oneDNN is told to expect when it picks the blocked layout. Measured with GPT-2
 # small shapes: a hint of 8 serves 1 and 8 rows within noise of the best per-size hint.
 _ROWS_HINT = 8
 _DTYPES = (torch.float32, torch.bfloat16)
-# One fp32 row through a very tall matrix (the vocabulary projection) reads faster column-major
-# (measured: 50257 x 768, 7.1 ms vs 10.7 ms packed); the layers' matrices read faster packed.
-_FP32_SINGLE_ROW_PACKED_MAX_OUT = 8192
+# Packed must beat F.linear by this much to be chosen: timing noise never flips a close call.
+_MARGIN = 0.9
 # Each packed call costs a fixed few tens of microseconds more than nn.Linear's kernel; below
 # this many weights that overhead outweighs the faster read (measured: nanoGPT's 128-wide
 # layers decode at 833 tokens/s packed against 1,564 unpacked), so small layers stay plain.
@@ -99,13 +105,8 @@ class PackedLinear(nn.Linear):
             or not packed_linear_supported(weight.dtype)
         ):
             return super().forward(x)
-        rows = x.numel() // max(x.shape[-1], 1)
-        if (
-            rows <= 1
-            and weight.dtype == torch.float32
-            and self.out_features > _FP32_SINGLE_ROW_PACKED_MAX_OUT
-        ):
-            return super().forward(x)  # see _FP32_SINGLE_ROW_PACKED_MAX_OUT
+        if not packed_is_faster(self, x):
+            return super().forward(x)
         return _packed_linear(x, self._current_packed(), self.bias)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -123,6 +124,53 @@ class PackedLinear(nn.Linear):
             self._packed = _pack(weight)
             self._packed_key = key
         return self._packed
+
+
+_CHOICES: dict[tuple[Any, ...], bool] = {}
+
+
+def _row_class(rows: int) -> int:
+    """Row counts timed alike: 1 (a decode step), 2-8 (a small batch), more (a prefill)."""
+    return 1 if rows <= 1 else 8 if rows <= 8 else 64
+
+
+def packed_is_faster(layer: PackedLinear, x: torch.Tensor) -> bool:
+    """Whether ``layer``'s packed weight multiplies ``x``'s rows faster than ``F.linear`` here.
+
+    Timed once per (shape, dtype, weight layout, row-count class) on the layer's own weight and
+    this ``x``, then remembered for the process (both give the same results within rounding).
+    """
+    weight = layer.weight
+    rows = x.numel() // max(x.shape[-1], 1)
+    key = (tuple(weight.shape), weight.dtype, weight.stride(), _row_class(rows))
+    choice = _CHOICES.get(key)
+    if choice is None:
+        packed = layer._current_packed()
+        plain_s = _best_seconds(lambda: F.linear(x, weight, layer.bias))
+        packed_s = _best_seconds(lambda: _packed_linear(x, packed, layer.bias))
+        choice = _CHOICES[key] = packed_s < _MARGIN * plain_s
+        logger.info(
+            "linear %s %s, %d rows: %s (packed %.0f us, nn.Linear %.0f us)",
+            "x".join(map(str, weight.shape)),
+            str(weight.dtype).removeprefix("torch."),
+            rows,
+            "oneDNN-packed" if choice else "nn.Linear",
+            1e6 * packed_s,
+            1e6 * plain_s,
+        )
+    return choice
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int = 5, calls: int = 3) -> float:
+    """The best of ``repeats`` timings of ``calls`` calls (after a warm-up), per call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -156,4 +204,4 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["PackedLinear", "pack_linear_layers", "packed_linear_supported"]
+__all__ = ["PackedLinear", "pack_linear_layers", "packed_is_faster", "packed_linear_supported"]

@@ -14,7 +14,7 @@ runs each row only over its real tokens, so padding never touches the hidden sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,31 @@ from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
+class StepTrail:
+    """What lets a recurrent state roll rows back: per-row token counts and recent states.
+
+    ``states`` holds (h, c) after each of the most recent tokens, oldest first, at most
+    ``depth + 1`` of them; the last one *is* the state's current (h, c) (the same tensors).
+    Rolling row r back by j tokens copies row r of ``states[-1 - j]``: O(1) per row, no rerun.
+    Any in-place edit of rows (truncate, write_rows, free) starts a fresh trail from the current
+    state, so an entry never mixes a row's discarded tokens with its new ones.
+    """
+
+    def __init__(self, depth: int, batch_size: int, h: Tensor, c: Tensor | None) -> None:
+        self.depth = depth
+        self.lengths = [0] * batch_size  # tokens each row has taken
+        self.states: list[tuple[Tensor, Tensor | None]] = [(h, c)]
+
+    def record(self, h: Tensor, c: Tensor | None, steps: int) -> None:
+        """Every row took ``steps`` tokens; (h, c) is the state after the last of them."""
+        self.lengths = [n + steps for n in self.lengths]
+        self.states.append((h, c))
+        del self.states[: -(self.depth + 1)]
+
+    def restart(self, h: Tensor, c: Tensor | None) -> None:
+        self.states = [(h, c)]
+
+
 @dataclass(frozen=True)
 class RNNState:
     """Hidden state of a stacked recurrent model.
@@ -37,23 +62,30 @@ class RNNState:
     h: (L, B, H) hidden state per layer. c: (L, B, H) LSTM cell state, None otherwise.
     pad_mask: (B, T0) bool, True at real tokens, for left-padded tokens the next ``forward``
     will receive; None once consumed.
+    length: tokens fed so far (every row alike; a trail counts per row).
+    trail: with ``new_state(..., rollback=depth)``, the recent per-token states that
+    :meth:`truncate` rolls rows back to; ``forward`` then feeds tokens one at a time.
     """
 
     h: Tensor
     c: Tensor | None = None
     pad_mask: Tensor | None = None
+    # Decoding bookkeeping, never saved with a carried training state (checkpoint.state).
+    length: int = field(default=0, metadata={"transient": True})
+    trail: StepTrail | None = field(default=None, repr=False, metadata={"transient": True})
 
     @property
     def batch_size(self) -> int:
         return self.h.shape[1]
 
     def select(self, index: Tensor) -> RNNState:
-        """Rows ``index`` (LongTensor (B',)) in that order."""
+        """Rows ``index`` (LongTensor (B',)) in that order (without a trail)."""
         index = index.to(self.h.device)
         return RNNState(
             h=self.h.index_select(1, index),
             c=None if self.c is None else self.c.index_select(1, index),
             pad_mask=None if self.pad_mask is None else self.pad_mask.index_select(0, index),
+            length=self.length,
         )
 
     def write_rows(self, slots: Sequence[int], other: RNNState) -> None:
@@ -62,6 +94,7 @@ class RNNState:
         self.h[:, index] = other.h.to(self.h.dtype)
         if self.c is not None and other.c is not None:
             self.c[:, index] = other.c.to(self.c.dtype)
+        self._rows_edited(slots, other.length)
 
     def rows(self, start: int, stop: int) -> RNNState:
         """Rows start..stop-1 (views): a forward over them returns their next state, which
@@ -81,12 +114,46 @@ class RNNState:
         self.h[:, index] = 0
         if self.c is not None:
             self.c[:, index] = 0
+        self._rows_edited(slots, 0)
+
+    def truncate(self, lengths: dict[int, int]) -> None:
+        """Roll rows back in place: row ``r`` keeps its first ``lengths[r]`` tokens. Exact (the
+        states are the ones the forward computed); needs a trail reaching that far back."""
+        if self.trail is None:
+            raise ValueError("this state keeps no trail; build it with new_state(..., rollback=N)")
+        trail = self.trail
+        for row, length in lengths.items():
+            back = trail.lengths[row] - length
+            if length == 0:
+                self.h[:, row] = 0
+                if self.c is not None:
+                    self.c[:, row] = 0
+            elif 0 <= back < len(trail.states):
+                h, c = trail.states[-1 - back]
+                self.h[:, row] = h[:, row]
+                if self.c is not None and c is not None:
+                    self.c[:, row] = c[:, row]
+            else:
+                raise ValueError(
+                    f"cannot truncate row {row} of {trail.lengths[row]} tokens to {length} "
+                    f"(the trail reaches {len(trail.states) - 1} tokens back)"
+                )
+            trail.lengths[row] = length
+        trail.restart(self.h, self.c)
+
+    def _rows_edited(self, slots: Sequence[int], length: int) -> None:
+        if self.trail is not None:
+            for slot in slots:
+                self.trail.lengths[slot] = length
+            self.trail.restart(self.h, self.c)
 
     def detach(self) -> RNNState:
         return RNNState(
             h=self.h.detach(),
             c=None if self.c is None else self.c.detach(),
             pad_mask=self.pad_mask,
+            length=self.length,
+            trail=self.trail,
         )
 
     def as_hx(self) -> CellState:
@@ -165,11 +232,14 @@ class RecurrentLM(nn.Module):
         capacity: int | None = None,
         *,
         slots: bool = False,
+        rollback: int = 0,
     ) -> RNNState:
         """Zero state for ``batch_size`` rows; ``capacity`` is ignored (no context limit), and so is
         ``slots`` (every RNN state's rows are independent slots already).
 
         pad_mask: (B, T0) bool, True at real tokens of left-padded input for the next forward.
+        rollback: keep the states of the last ``rollback`` tokens so ``truncate`` can roll rows
+            back that far (speculative decoding); 0 = keep none.
         """
         weight = self.embedding.weight
         shape = (self.num_layers, batch_size, self.hidden_size)
@@ -181,7 +251,8 @@ class RecurrentLM(nn.Module):
                     f"pad_mask must have shape (batch_size={batch_size}, T0); got {tuple(pad_mask.shape)}"
                 )
             pad_mask = pad_mask.to(device=weight.device, dtype=torch.bool)
-        return RNNState(h=h, c=c, pad_mask=pad_mask)
+        trail = StepTrail(rollback, batch_size, h, c) if rollback > 0 else None
+        return RNNState(h=h, c=c, pad_mask=pad_mask, trail=trail)
 
     def forward(
         self, tokens: Tensor, state: RNNState | None = None, *, recorder: Recorder | None = None
@@ -189,6 +260,8 @@ class RecurrentLM(nn.Module):
         """tokens (B, T) -> logits (B, T, V) and the state after the last token."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
+        if state is not None and state.trail is not None and tokens.shape[1] > 1:
+            return self._forward_by_steps(tokens, state, recorder)
         hx = None if state is None else state.as_hx()
         mask, pending = _take_mask(state, tokens.shape[1])
 
@@ -202,7 +275,23 @@ class RecurrentLM(nn.Module):
         logits = self.decoder(self.drop(out))  # (B, T, V)
 
         h, c = h_n if isinstance(h_n, tuple) else (h_n, None)
-        return logits, RNNState(h=h, c=c, pad_mask=pending)
+        length, trail = (0, None) if state is None else (state.length, state.trail)
+        if trail is not None:
+            trail.record(h, c, tokens.shape[1])
+        return logits, RNNState(
+            h=h, c=c, pad_mask=pending, length=length + tokens.shape[1], trail=trail
+        )
+
+    def _forward_by_steps(
+        self, tokens: Tensor, state: RNNState, recorder: Recorder | None
+    ) -> tuple[Tensor, RNNState]:
+        """A state with a trail takes tokens one at a time, so the trail holds the state after
+        each (the fused kernel returns only the last); the same arithmetic per step."""
+        pieces = []
+        for t in range(tokens.shape[1]):
+            logits, state = self(tokens[:, t : t + 1], state, recorder=recorder)
+            pieces.append(logits)
+        return torch.cat(pieces, dim=1), state
 
     # ------------------------------------------------------------------ recurrence
 

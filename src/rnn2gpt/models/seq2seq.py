@@ -43,6 +43,7 @@ Recorder names: ``decoder.layer{i}.cross_attention`` (B, heads, T, S) (the RNN r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,8 @@ from ..errors import CheckpointError, ConfigError, ContextLengthError
 from .attention import AdditiveAttention, GeneralAttention
 from .base import Recorder, count_parameters, register_model
 from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, _sdpa, sinusoidal_table
-from .kv_cache import KVCache
-from .rnn import RNNState
+from .kv_cache import KVCache, SlotKVCache
+from .rnn import RNNState, StepTrail
 
 # --------------------------------------------------------------------------- state
 
@@ -89,6 +90,19 @@ class Seq2SeqState:
             decoder=self.decoder.select(index),
             cached=tuple(t.index_select(0, index) for t in self.cached),
         )
+
+    @property
+    def capacity(self) -> int | None:
+        """The most target tokens a row can hold (None: no limit)."""
+        return getattr(self.decoder, "capacity", None)
+
+    def free(self, slots: Sequence[int]) -> None:
+        """Rows ``slots`` forget their target tokens (the source stays)."""
+        self.truncate({slot: 0 for slot in slots})
+
+    def truncate(self, lengths: dict[int, int]) -> None:
+        """Roll rows' target tokens back (the decoder must be a slot state; see ``new_state``)."""
+        self.decoder.truncate(lengths)
 
     def detach(self) -> Seq2SeqState:
         return Seq2SeqState(
@@ -135,7 +149,13 @@ class Seq2SeqModel(nn.Module):
         return count_parameters(self, trainable_only)
 
     def new_state(
-        self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
+        self,
+        batch_size: int,
+        pad_mask: Tensor | None = None,
+        capacity: int | None = None,
+        *,
+        slots: bool = False,
+        rollback: int = 0,
     ) -> Seq2SeqState:
         raise ConfigError(
             "an encoder-decoder model needs a source to decode from: on the command line use "
@@ -154,11 +174,15 @@ class Seq2SeqModel(nn.Module):
         *,
         pad_mask: Tensor | None = None,
         capacity: int | None = None,
+        rollback: int | None = None,
         recorder: Recorder | None = None,
     ) -> Seq2SeqState:
         """src (B, S) (right-padded, ``src_mask`` True at real tokens) -> the initial state.
 
-        ``pad_mask``/``capacity`` describe the decoder input to come, as in ``new_state``.
+        ``pad_mask``/``capacity`` describe the decoder input to come, as in ``new_state``;
+        ``rollback`` (not None) asks for a decoder state whose rows keep their own lengths and
+        roll back with ``truncate`` (speculative decoding), as ``new_state(slots=True,
+        rollback=...)``.
         """
         raise NotImplementedError
 
@@ -216,7 +240,13 @@ class BoundDecoder(nn.Module):
         return self.model.num_parameters(trainable_only)
 
     def new_state(
-        self, batch_size: int, pad_mask: Tensor | None = None, capacity: int | None = None
+        self,
+        batch_size: int,
+        pad_mask: Tensor | None = None,
+        capacity: int | None = None,
+        *,
+        slots: bool = False,
+        rollback: int = 0,
     ) -> Seq2SeqState:
         rows = self.source.shape[0]
         if batch_size != rows:
@@ -229,6 +259,7 @@ class BoundDecoder(nn.Module):
             self.source_mask.to(device),
             pad_mask=pad_mask,
             capacity=capacity,
+            rollback=rollback if slots else None,
         )
 
     def forward(
@@ -303,6 +334,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         *,
         pad_mask: Tensor | None = None,
         capacity: int | None = None,
+        rollback: int | None = None,
         recorder: Recorder | None = None,
     ) -> Seq2SeqState:
         mask = _source_mask(src, src_mask)
@@ -326,11 +358,20 @@ class RNNSeq2Seq(Seq2SeqModel):
         h0 = h0.transpose(0, 1).contiguous()  # (L, B, H)
         c0 = torch.zeros_like(h0) if self.kind == "lstm" else None
         keys = self.attention.project(memory)  # (B, S, A), reused by every decoding step
-        return Seq2SeqState(memory=memory, src_mask=mask, decoder=RNNState(h0, c0), cached=(keys,))
+        trail = None if rollback is None else StepTrail(max(rollback, 1), batch, h0, c0)
+        decoder = RNNState(h0, c0, trail=trail)
+        return Seq2SeqState(memory=memory, src_mask=mask, decoder=decoder, cached=(keys,))
 
     def decode(
         self, tokens: Tensor, state: Seq2SeqState, recorder: Recorder | None = None
     ) -> tuple[Tensor, Seq2SeqState]:
+        trail = state.decoder.trail
+        if trail is not None and tokens.shape[1] > 1:  # one token at a time, for the trail
+            pieces = []
+            for t in range(tokens.shape[1]):
+                logits, state = self.decode(tokens[:, t : t + 1], state, recorder)
+                pieces.append(logits)
+            return torch.cat(pieces, dim=1), state
         memory, mask, (keys,) = state.memory, state.src_mask, state.cached
         hx = state.decoder.as_hx()
         x = self.drop(self.embedding(tokens))  # (B, T, E)
@@ -355,7 +396,9 @@ class RNNSeq2Seq(Seq2SeqModel):
         features = torch.tanh(self.combine(self.drop(torch.cat([out, context], dim=-1))))
         logits = self.out(self.drop(features))  # (B, T, V)
         h, c = hx if isinstance(hx, tuple) else (hx, None)
-        new_state = Seq2SeqState(memory, mask, RNNState(h, c), state.cached)
+        if trail is not None:
+            trail.record(h, c, tokens.shape[1])
+        new_state = Seq2SeqState(memory, mask, RNNState(h, c, trail=trail), state.cached)
         return logits, new_state
 
 
@@ -497,6 +540,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
         *,
         pad_mask: Tensor | None = None,
         capacity: int | None = None,
+        rollback: int | None = None,
         recorder: Recorder | None = None,
     ) -> Seq2SeqState:
         mask = _source_mask(src, src_mask)
@@ -519,7 +563,17 @@ class TransformerSeq2Seq(Seq2SeqModel):
         for block in self.decoder:
             cached.extend(block.cross.memory_kv(memory))
         weight = self.wte.weight
-        if capacity is None and pad_mask is None:
+        if rollback is not None:  # rows of their own lengths (the decoder's self-attention)
+            decoder = SlotKVCache.allocate(
+                len(self.decoder),
+                batch,
+                self.config.n_head,
+                self.config.n_embd // self.config.n_head,
+                capacity or limit,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
+        elif capacity is None and pad_mask is None:
             decoder = KVCache.empty(len(self.decoder), batch, limit)
         else:
             capacity = capacity or limit
@@ -542,7 +596,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
     def decode(
         self, tokens: Tensor, state: Seq2SeqState, recorder: Recorder | None = None
     ) -> tuple[Tensor, Seq2SeqState]:
-        cache: KVCache = state.decoder
+        cache: KVCache | SlotKVCache = state.decoder
         steps = tokens.shape[1]
         if cache.length + steps > cache.capacity:
             raise ContextLengthError(

@@ -24,6 +24,7 @@ from ..config import GenerationConfig
 from ..data.parallel import pad_sources
 from ..errors import ConfigError
 from ..generation import generate
+from ..generation.speculative import PromptLookup
 from ..models.base import Recorder, eval_mode
 from ..tokenizers.base import pick_source_tokenizer
 
@@ -95,7 +96,16 @@ def decode_ids(
             max_new = min(max_new, limit - 1)
         settings = replace(config, max_new_tokens=max_new, num_return_sequences=1)
         bound = model.bind(src, mask)  # type: ignore[operator]
-        generations = generate(bound, [[bos]] * len(chunk), settings, eos_id=eos, pad_id=pad)
+        draft = None
+        if settings.prompt_lookup and settings.num_beams == 1:
+            # Outputs copy from their sources: look the last tokens up there too (when source
+            # and target share one tokenizer, so their ids mean the same).
+            shared = source_tokenizer is None or source_tokenizer is tokenizer
+            sources = [s[:-1] for s in chunk] if shared else None
+            draft = PromptLookup(settings.prompt_lookup, sources=sources)
+        generations = generate(
+            bound, [[bos]] * len(chunk), settings, eos_id=eos, pad_id=pad, draft=draft
+        )
         results.extend(g[0].token_ids for g in generations)
     return results
 
