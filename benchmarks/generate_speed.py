@@ -88,7 +88,9 @@ def ours(model, prompts, new_tokens=NEW_TOKENS):
     return generate(model, prompts, config)
 
 
-def theirs(hf, prompt_tensor, new_tokens=NEW_TOKENS):
+def theirs(hf, prompt_tensor, new_tokens=NEW_TOKENS, **extra):
+    """``transformers`` greedy decoding of exactly ``new_tokens`` (``extra``: e.g. an
+    ``assistant_model=`` or ``prompt_lookup_num_tokens=``)."""
     with torch.inference_mode():
         return hf.generate(
             prompt_tensor,
@@ -99,6 +101,7 @@ def theirs(hf, prompt_tensor, new_tokens=NEW_TOKENS):
             pad_token_id=0,
             eos_token_id=None,
             use_cache=True,
+            **extra,
         )
 
 

@@ -289,3 +289,24 @@ def test_chi_squared_check_rejects_a_wrong_law():
     draws = torch.multinomial(law, 4000, replacement=True, generator=generator)
     observed = torch.bincount(draws, minlength=4).double()
     assert _chi_squared_p(observed, law * 4000) > 1e-3
+
+
+def test_a_speculative_cache_attends_over_its_filled_slots_with_the_same_result(models):
+    """A GPT slot cache built for rollback reads only its filled slots (the scheduler's reads all
+    of them, for fixed shapes); the logits agree."""
+    model = models["gpt"]
+    x = torch.tensor([list(b"abcdefgh"), list(b"ijklmnop")])
+    with torch.inference_mode():
+        full = model.new_state(2, slots=True)
+        trimmed = model.new_state(2, slots=True, rollback=4)
+        assert trimmed.trim and not full.trim
+        assert trimmed.attended(1) == 1 and full.attended(1) == full.capacity
+        expected, full = model(x, full)
+        got, trimmed = model(x, trimmed)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        trimmed.truncate({0: 3})
+        full.truncate({0: 3})
+        step = torch.tensor([[ord("z")], [ord("y")]])
+        torch.testing.assert_close(
+            model(step, trimmed)[0], model(step, full)[0], rtol=1e-4, atol=1e-5
+        )

@@ -225,7 +225,8 @@ class GPT(nn.Module):
         pad_mask: (B, T0) bool, True at real tokens of the left-padded prompt the next forward
         receives; pads are never attended to and positions count real tokens only.
         slots: rows of independent lengths (:class:`SlotKVCache`, for continuous batching).
-        rollback: unused: a slot cache rolls rows back to any length (``truncate``).
+        rollback: > 0 for a speculative run: a slot cache rolls rows back to any length
+            (``truncate``), and then attends over its filled slots only (``trim``).
         """
         capacity = capacity or self.config.block_size
         if capacity > self.config.block_size:
@@ -248,7 +249,12 @@ class GPT(nn.Module):
         if slots:
             head_dim = self.config.n_embd // self.config.n_head
             return SlotKVCache.allocate(
-                *shape, head_dim, capacity, dtype=weight.dtype, device=weight.device
+                *shape,
+                head_dim,
+                capacity,
+                dtype=weight.dtype,
+                device=weight.device,
+                trim=rollback > 0,
             )
         return KVCache.allocate(
             self.config.n_layer,

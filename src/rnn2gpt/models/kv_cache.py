@@ -256,12 +256,19 @@ class SlotKVCache:
     positions 0 .. lengths[b] - 1 (no padding: a row's tokens start at slot 0). A new token of row
     b is written at slot ``lengths[b]`` and attends to slots 0 .. lengths[b]. The row lengths are
     kept on the host too, so no step needs a device sync to know them.
+
+    Attention reads every slot (fixed shapes: the scheduler's batch invariance), or with ``trim``
+    only the slots up to the longest row (a speculative run, whose rows never share a step with
+    strangers, pays for what is filled only).
     """
 
-    def __init__(self, keys: list[Tensor], values: list[Tensor], capacity: int) -> None:
+    def __init__(
+        self, keys: list[Tensor], values: list[Tensor], capacity: int, *, trim: bool = False
+    ) -> None:
         self.keys = keys
         self.values = values
         self.capacity = capacity
+        self.trim = trim
         batch = keys[0].shape[0]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=keys[0].device)  # (B,)
         self.host_lengths = [0] * batch
@@ -277,11 +284,12 @@ class SlotKVCache:
         *,
         dtype: torch.dtype,
         device: torch.device,
+        trim: bool = False,
     ) -> SlotKVCache:
         shape = (batch_size, num_heads, capacity, head_dim)
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        return cls(keys, values, capacity)
+        return cls(keys, values, capacity, trim=trim)
 
     # ------------------------------------------------------------------ State contract
 
@@ -301,6 +309,7 @@ class SlotKVCache:
             [k.index_select(0, index) for k in self.keys],
             [v.index_select(0, index) for v in self.values],
             self.capacity,
+            trim=self.trim,
         )
         new.lengths = self.lengths.index_select(0, index)
         new.host_lengths = [self.host_lengths[i] for i in index.tolist()]
@@ -334,6 +343,7 @@ class SlotKVCache:
         part.keys = [k[start:stop] for k in self.keys]
         part.values = [v[start:stop] for v in self.values]
         part.capacity = self.capacity
+        part.trim = self.trim
         part.lengths = self.lengths[start:stop]  # a view: advancing it advances these rows
         part.host_lengths = self.host_lengths[start:stop]
         return part
@@ -366,20 +376,27 @@ class SlotKVCache:
         offsets = torch.arange(steps, device=self.lengths.device)
         return self.lengths[:, None] + offsets[None, :]
 
+    def attended(self, steps: int) -> int:
+        """How many slots the next ``steps`` tokens attend over: all, or those filled (trim)."""
+        return min(self.capacity, max(self.host_lengths) + steps) if self.trim else self.capacity
+
     def attention_mask(self, steps: int) -> tuple[Tensor, bool]:
-        """(B, 1, steps, C) bool: the query at position p of a row sees that row's slots <= p."""
+        """(B, 1, steps, S) bool (S = :meth:`attended`): the query at position p of a row sees
+        that row's slots <= p."""
         queries = self.positions(steps)  # (B, T)
-        slots = torch.arange(self.capacity, device=self.lengths.device)
+        slots = torch.arange(self.attended(steps), device=self.lengths.device)
         return (slots[None, None, :] <= queries[:, :, None])[:, None], False
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write a layer's new keys/values (B, H, T, D) at each row's own positions; return the
-        whole buffers (B, H, C, D) (the mask hides what a row has not written)."""
+        buffers' first :meth:`attended` slots (B, H, S, D) (the mask hides what a row has not
+        written)."""
         batch, heads, steps, dim = k.shape
         where = self.positions(steps)[:, None, :, None].expand(batch, heads, steps, dim)
         self.keys[layer].scatter_(2, where, k.to(self.keys[layer].dtype))
         self.values[layer].scatter_(2, where, v.to(self.values[layer].dtype))
-        return self.keys[layer], self.values[layer]
+        width = self.attended(steps)
+        return self.keys[layer][:, :, :width], self.values[layer][:, :, :width]
 
     def advance(self, steps: int) -> None:
         """Every row took ``steps`` more tokens (after every layer appended)."""

@@ -572,6 +572,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
                 capacity or limit,
                 dtype=weight.dtype,
                 device=weight.device,
+                trim=True,
             )
         elif capacity is None and pad_mask is None:
             decoder = KVCache.empty(len(self.decoder), batch, limit)
