@@ -140,9 +140,10 @@ def test_a_client_that_disconnects_frees_its_slot(checkpoints, live):
         assert _busy_slots(server.url, "tiny-lstm") == 1
     http.close()  # the client goes away mid-stream
     assert _wait(lambda: _busy_slots(server.url, "tiny-lstm") == 0, 10.0)
-    # A non-streaming request whose client goes away is cancelled too.
+    # A non-streaming request whose client goes away is cancelled too, though its tokens never
+    # pause (the server looks for its client every quarter second; before, it looked only in a
+    # pause, and with the fast paths off the 4,096 tokens outlasted this wait).
     slow = {"prompt": "ROMEO:", "max_tokens": 4096, "temperature": 1.0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/completions", json=slow, timeout=0.5)
-    assert _busy_slots(server.url, "tiny-lstm") == 1
     assert _wait(lambda: _busy_slots(server.url, "tiny-lstm") == 0, 10.0)

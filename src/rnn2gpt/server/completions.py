@@ -54,6 +54,7 @@ class Job:
     tickets: list[Ticket] = field(default_factory=list)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    checked_at: float = field(default_factory=time.monotonic)  # last look for a gone client
 
     @property
     def prompt_tokens(self) -> int:
@@ -202,17 +203,29 @@ def record(choice: Choice, event: Event) -> None:
         choice.finish_reason = event.finish_reason
 
 
+# How often a waiting request asks whether its client is still there.
+DISCONNECT_CHECK_S = 0.25
+
+
 async def next_event(
     job: Job, disconnected: Callable[[], Awaitable[bool]]
 ) -> tuple[int, Event] | None:
-    """The next event of any choice; None when the client went away (its choices cancelled)."""
+    """The next event of any choice; None when the client went away (its choices cancelled).
+
+    The client is looked for every DISCONNECT_CHECK_S, whether tokens are flowing or not: a
+    request whose events never pause must still notice that nobody waits for it.
+    """
     while True:
-        try:
-            return await asyncio.wait_for(job.events.get(), timeout=0.25)
-        except asyncio.TimeoutError:
+        now = time.monotonic()
+        if now - job.checked_at >= DISCONNECT_CHECK_S:
+            job.checked_at = now
             if await disconnected():
                 job.cancel()
                 return None
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_CHECK_S)
+        except asyncio.TimeoutError:
+            continue
 
 
 async def collect(job: Job, disconnected: Callable[[], Awaitable[bool]]) -> dict[str, Any] | None:
