@@ -26,7 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from .errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-DEFAULT_PRESET = "shakespeare-char-gpt"
+DEFAULT_PRESET = "shakespeare-char-lstm"
 
 ARCHITECTURES = ("rnn", "lstm", "gru", "gpt")
 # Encoder-decoder models (translation, summarization); kept apart from the language models above,
@@ -195,7 +195,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     grad_accum: int = 1
     precision: str = "auto"  # auto | fp32 | bf16
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model: auto (where it pays for the run's length) | true | false. Older
+    # checkpoints wrote a bool here; true/false (and yes/no, on/off, 1/0) read as "true"/"false".
+    compile: str = field(default="auto", metadata={"bool_words": True})
     eval_interval: int = 250  # steps between evaluations
     # Also evaluate once this many seconds of training passed since the last evaluation (0 =
     # off): evenly spaced curve points for time-budgeted runs whose step count is unknown.
@@ -220,6 +222,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("train.compile", self.compile, ("auto", "true", "false"))
         _check_choice("train.task", self.task, TASKS)
         _check_choice(
             "train.early_stop_metric",
@@ -494,6 +497,7 @@ class RunConfig:
             section_obj = getattr(config, section)
             hints = get_type_hints(type(section_obj))
             value = parse_value(raw.strip(), hints[key], f"{section}.{key}")
+            value = _bool_words(type(section_obj), key, value)
             config = replace(config, **{section: replace(section_obj, **{key: value})})
         return config
 
@@ -573,9 +577,9 @@ def parse_value(raw: str, type_hint: Any, name: str) -> Any:
     try:
         if type_hint is bool:
             lowered = raw.lower()
-            if lowered in ("1", "true", "yes", "on"):
+            if lowered in _TRUE_WORDS:
                 return True
-            if lowered in ("0", "false", "no", "off"):
+            if lowered in _FALSE_WORDS:
                 return False
             raise ValueError
         if type_hint is int:
@@ -658,8 +662,24 @@ def _section_from_dict(cls: type, section: str, values: dict[str, Any], source: 
                 f"{source}: {section}.{key} is a secret and is never read from a file; pass it "
                 "on the command line (generate --watermark KEY) or in the API call"
             )
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+        kwargs[key] = _coerce(_bool_words(cls, key, value), hints[key], f"{section}.{key}", source)
     return cls(**kwargs)
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool_words(cls: type, key: str, value: Any) -> Any:
+    """A ``bool_words`` field (a str setting such as auto | true | false that was once a bool)
+    reads a bool, or any spelling of one, as "true" / "false"; other values pass unchanged."""
+    if not any(f.name == key and f.metadata.get("bool_words") for f in fields(cls)):
+        return value
+    word = str(value).lower()
+    if value is True or word in _TRUE_WORDS:
+        return "true"
+    if value is False or word in _FALSE_WORDS:
+        return "false"
+    return value
 
 
 def _coerce(value: Any, type_hint: Any, name: str, source: str) -> Any:

@@ -58,6 +58,18 @@ Recorder = Callable[[str, torch.Tensor], None]
 SHORT_LSTM_CALL_STEPS = 16
 
 
+def per_token(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer`` (a linear output layer) applied to x (B, T, C) as one 2-D product -> (B, T, V).
+
+    The same numbers as ``layer(x)``, but never PyTorch's batched-matmul route: under bf16
+    autocast in inference mode a 3-D input to ``linear`` is multiplied batch row by batch row
+    with the weight copied for each (measured on the PTB word LSTM's 200 x 10k decoder, 20 x 35
+    tokens: 100 ms per call against 11 ms as one 2-D product), which made evaluation under bf16
+    three times slower than in fp32.
+    """
+    return layer(x.reshape(-1, x.shape[-1])).unflatten(0, x.shape[:-1])
+
+
 @runtime_checkable
 class State(Protocol):
     """What decoding needs of any model state."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
-from .base import Recorder, count_parameters, register_model
+from .base import Recorder, count_parameters, per_token, register_model
 from .kv_cache import KVCache, SlotKVCache
 
 
@@ -297,7 +297,7 @@ class GPT(nn.Module):
             if recorder is not None:
                 recorder(f"layer{i}.hidden", x.detach())
         cache.advance(steps)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits = per_token(self.lm_head, self.transformer.ln_f(x))  # (B, T, V)
         return logits, cache
 
     def _positions(self, cache: KVCache, steps: int) -> Tensor:

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
-from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, register_model
+from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, per_token, register_model
 from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
 
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -272,7 +272,7 @@ class RecurrentLM(nn.Module):
             out, h_n = self._recur(x, hx, mask, recorder)
         else:
             out, h_n = self._recur_packed(x, hx, mask)
-        logits = self.decoder(self.drop(out))  # (B, T, V)
+        logits = per_token(self.decoder, self.drop(out))  # (B, T, V)
 
         h, c = h_n if isinstance(h_n, tuple) else (h_n, None)
         length, trail = (0, None) if state is None else (state.length, state.trail)

@@ -54,7 +54,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, ContextLengthError
 from .attention import AdditiveAttention, GeneralAttention
-from .base import Recorder, count_parameters, register_model
+from .base import Recorder, count_parameters, per_token, register_model
 from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, _sdpa, sinusoidal_table
 from .kv_cache import KVCache, SlotKVCache
 from .rnn import RNNState, StepTrail
@@ -616,7 +616,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
             kv = (state.cached[2 * i], state.cached[2 * i + 1])
             x = block(x, cache, i, mask, is_causal, kv, state.src_mask, recorder)
         cache.advance(steps)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        logits = per_token(self.lm_head, self.ln_f(x))  # (B, T, V)
         return logits, state
 
 

@@ -29,6 +29,26 @@ def expected_tokens_per_second(parameters: int, dtype: torch.dtype | None) -> fl
     return rate / max(6 * parameters, 1)
 
 
+def planned_steps(step_seconds: float, tokens_per_step: int, train: TrainConfig) -> float:
+    """The optimizer steps the first budget to run out allows, at ``step_seconds`` per step."""
+    steps = float("inf")
+    if train.max_steps > 0:
+        steps = train.max_steps
+    if train.max_tokens > 0:
+        steps = min(steps, train.max_tokens / tokens_per_step)
+    if train.max_time > 0:
+        steps = min(steps, train.max_time / step_seconds)
+    return steps
+
+
+def planned_train_seconds(
+    parameters: int, tokens_per_step: int, train: TrainConfig, dtype: torch.dtype | None
+) -> float:
+    """About how many seconds of training steps the run's budget means on this machine."""
+    step_seconds = tokens_per_step / expected_tokens_per_second(parameters, dtype)
+    return planned_steps(step_seconds, tokens_per_step, train) * step_seconds
+
+
 def describe_plan(
     *,
     arch: str,
@@ -41,17 +61,14 @@ def describe_plan(
     """One paragraph for the run's start: model, budget, precision and the expected time."""
     rate = expected_tokens_per_second(parameters, dtype)
     step_seconds = tokens_per_step / rate
+    steps = planned_steps(step_seconds, tokens_per_step, train)
     budgets = []
-    steps = float("inf")
     if train.max_steps > 0:
         budgets.append(f"{train.max_steps:,} steps")
-        steps = train.max_steps
     if train.max_tokens > 0:
         budgets.append(f"{train.max_tokens:,} tokens")
-        steps = min(steps, train.max_tokens / tokens_per_step)
     if train.max_time > 0:
-        budgets.append(f"{_duration(train.max_time)} of training")
-        steps = min(steps, train.max_time / step_seconds)
+        budgets.append(f"{duration(train.max_time)} of training")
     train_seconds = steps * step_seconds
     evaluations = steps / train.eval_interval + 1
     if train.eval_interval_seconds > 0:
@@ -61,12 +78,12 @@ def describe_plan(
     return (
         f"plan: {arch} of {parameters:,} parameters; budget {' or '.join(budgets)} (whichever "
         f"comes first); precision {precision_reason}; expect about {rate:,.0f} tokens/s here, "
-        f"about {steps:,.0f} steps, {_duration(train_seconds + eval_seconds)} in all with "
+        f"about {steps:,.0f} steps, {duration(train_seconds + eval_seconds)} in all with "
         "evaluation (an estimate from a quick matmul measurement)"
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 120:
         return f"{seconds} s"
@@ -77,4 +94,11 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-__all__ = ["TRAINING_EFFICIENCY", "describe_plan", "expected_tokens_per_second"]
+__all__ = [
+    "TRAINING_EFFICIENCY",
+    "describe_plan",
+    "duration",
+    "expected_tokens_per_second",
+    "planned_steps",
+    "planned_train_seconds",
+]

@@ -39,6 +39,7 @@ from torch import nn
 from ..checkpoint import BEST, LAST, load_weights, save_checkpoint
 from ..config import RunConfig
 from ..errors import TrainingError
+from .compiling import StepCompiler, compile_choice
 from .distributed import (
     DistContext,
     any_rank,
@@ -49,7 +50,7 @@ from .distributed import (
 )
 from .log import METRICS_FILE, MetricsLog, format_seconds, logging_redirect, progress_bar
 from .optim import lr_at, progress_fraction, set_lr
-from .plan import describe_plan
+from .plan import describe_plan, planned_train_seconds
 from .precision import autocast
 from .progress import Progress, TrainResult, better
 from .setup import RunParts, prepare_run
@@ -121,9 +122,25 @@ class Trainer:
         self.step_tokens = 0
         if parts.resumed is not None:
             self._restore()
-        self.forward_model: nn.Module = wrap_model(self.model, ctx)
-        if self.config.train.compile:
-            self.forward_model = torch.compile(self.forward_model)
+        tc = self.config.train
+        self.compile = compile_choice(
+            tc.compile,
+            self.config.model.arch,
+            planned_train_seconds(
+                self.model.num_parameters(trainable_only=True),
+                self.task.tokens_per_step * tc.grad_accum * ctx.world_size,
+                tc,
+                self.dtype,
+            ),
+        )
+        # The module the step runs: the model (DDP-wrapped when distributed), maybe compiled.
+        self.compiler = StepCompiler(
+            wrap_model(self.model, ctx),
+            self.compile,
+            agree=lambda flag: not any_rank([not flag], ctx)[0],
+            event=self._event,
+            device=ctx.device,
+        )
         self._log_plan()
 
     # ------------------------------------------------------------------ the loop
@@ -147,7 +164,10 @@ class Trainer:
                         break
                     self.lr = lr_at(p.step, progress_fraction(p.step, p.elapsed, p.tokens, tc), tc)
                     set_lr(self.optimizer, self.lr)
+                    started = time.perf_counter()
                     self.pending.append(self._step())
+                    self.compiler.synchronize()
+                    self.compiler.after_step(time.perf_counter() - started)
                     p.step += 1
                     p.tokens += self.step_tokens
                     bar.update(1)
@@ -231,11 +251,10 @@ class Trainer:
         for micro in range(accum):
             batch = self.task.batch(first + micro)
             sync = micro == accum - 1 or not self.ctx.enabled
-            with nullcontext() if sync else self.forward_model.no_sync():
+            module = self.compiler.module
+            with nullcontext() if sync else module.no_sync():
                 with autocast(self.ctx.device, self.dtype):
-                    loss, count, self.carried = self.task.loss(
-                        self.forward_model, batch, self.carried
-                    )
+                    loss, count, self.carried = self.task.loss(module, batch, self.carried)
                 (loss / accum if accum > 1 else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             tokens += count
@@ -426,6 +445,7 @@ class Trainer:
             return
         precision = self.parts.precision
         (logger.warning if precision.slow else logger.info)("precision: %s", precision.reason)
+        logger.info("compile: %s", self.compile.reason)
         tc = self.config.train
         logger.info(
             describe_plan(
