@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -143,3 +144,21 @@ def test_doctor_with_a_bad_switch_is_one_line(capsys, monkeypatch):
     assert main(["doctor", "--no-bench"]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: RNN2GPT_FASTPATHS") and err.count("\n") == 1
+
+
+def test_compile_cache_is_kept_per_cpu_capability(monkeypatch):
+    """Inductor's cache key leaves ATEN_CPU_CAPABILITY out (an AVX512 graph reloaded under AVX2
+    gave NaN losses): each capability gets its own directory, unless the user chose one."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from rnn2gpt.hardware import compile_cache_per_capability, cpu_capability
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    compile_cache_per_capability()
+    ours = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert ours == os.path.join(default_cache_dir(), cpu_capability().lower())
+    compile_cache_per_capability()  # again: the same directory, not nested
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == ours
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")
+    compile_cache_per_capability()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else"

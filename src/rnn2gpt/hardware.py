@@ -131,6 +131,26 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+def compile_cache_per_capability() -> None:
+    """Give ``torch.compile`` an on-disk cache of its own per :func:`cpu_capability`.
+
+    Inductor's cache key leaves out ``ATEN_CPU_CAPABILITY``: a graph compiled at AVX512 and
+    loaded again in a process capped at AVX2 returned NaN losses (measured, torch 2.13: a tiny
+    GPT's first training step). A cache directory per capability keeps the two apart. A cache
+    directory the user chose (``TORCHINDUCTOR_CACHE_DIR``) is left alone; call this before the
+    first compiled call (compiling is lazy, and Inductor reads the variable then).
+    """
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # pragma: no cover - a PyTorch that moved it
+        return
+    default = default_cache_dir()
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is not None and not chosen.startswith(default):
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default, cpu_capability().lower())
+
+
 def onednn_isa_cap() -> str | None:
     """The ``ONEDNN_MAX_CPU_ISA`` (or older ``DNNL_MAX_CPU_ISA``) cap, upper case; None if unset."""
     value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
@@ -273,6 +293,7 @@ def _best_seconds(fn: Callable[[], Any], budget: float) -> float:
 __all__ = [
     "FASTPATHS_ENV",
     "FASTPATH_MODES",
+    "compile_cache_per_capability",
     "cpu_capability",
     "cpu_features",
     "cpu_has_fast_bf16",

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hardware import fastpaths_enabled
+from ..hardware import compile_cache_per_capability, fastpaths_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ def _gemv_eager(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
 
 @lru_cache(maxsize=1)
 def _compiled_gemv():
+    compile_cache_per_capability()
     return torch.compile(_gemv_eager, dynamic=True)
 
 

@@ -20,8 +20,9 @@ default) compiles only where it pays for the run, and finds out by measuring:
 
 The compile time is reported (the log, and a ``compile`` event in ``metrics.jsonl``) and counts
 in the run's time like every step. Inductor caches compiled graphs on disk
-(``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_<user>``), so the next run of the
-same model compiles in about half the time.
+(``TORCHINDUCTOR_CACHE_DIR``; by default ``/tmp/torchinductor_<user>/<cpu capability>``, see
+:func:`~rnn2gpt.hardware.compile_cache_per_capability`), so the next run of the same model
+compiles in about half the time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..hardware import compile_cache_per_capability
 from .plan import duration
 
 logger = logging.getLogger(__name__)
@@ -196,6 +198,7 @@ class StepCompiler:
     # ------------------------------------------------------------------ internals
 
     def _compile(self) -> nn.Module:
+        compile_cache_per_capability()
         return torch.compile(self.eager)
 
     def _decide(self) -> None:
