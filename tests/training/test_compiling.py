@@ -61,28 +61,43 @@ def test_old_release_checkpoints_still_load():
 # ----------------------------------------------------------------------------- the decision
 
 
+def model(arch: str, **extra) -> nn.Module:
+    from rnn2gpt.config import ModelConfig
+    from rnn2gpt.models import build_model
+
+    config = dict(arch=arch, n_layer=1, n_embd=16, n_head=2, block_size=8, vocab_size=11)
+    return build_model(ModelConfig(**{**config, **extra}))
+
+
 def test_explicit_choices_are_kept():
-    assert compile_choice("true", "lstm", 1.0).mode == "compiled"
-    assert compile_choice("false", "gpt", 1e6).mode == "eager"
+    assert compile_choice("true", model("lstm"), 1.0).mode == "compiled"
+    assert compile_choice("false", model("gpt"), 1e6).mode == "eager"
 
 
-def test_auto_leaves_recurrent_models_and_short_runs_eager():
-    rnn = compile_choice("auto", "lstm", 1e6)
-    assert rnn.mode == "eager" and "fused recurrent kernels" in rnn.reason
-    short = compile_choice("auto", "gpt", AUTO_MIN_SECONDS / 2)
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["fused", "explicit"])
+def test_auto_leaves_recurrent_models_eager(arch, cell):
+    choice = compile_choice("auto", model(arch, cell=cell), 1e6)
+    assert choice.mode == "eager" and "recurrent kernels" in choice.reason
+
+
+def test_auto_leaves_short_runs_eager():
+    short = compile_choice("auto", model("gpt"), AUTO_MIN_SECONDS / 2)
     assert short.mode == "eager" and "10 min 00 s of training planned" in short.reason
 
 
 def test_auto_needs_a_cpp_compiler(monkeypatch):
     monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
-    choice = compile_choice("auto", "gpt", AUTO_MIN_SECONDS)
+    choice = compile_choice("auto", model("gpt"), AUTO_MIN_SECONDS)
     assert choice.mode == "eager" and "no C++ compiler" in choice.reason
 
 
-def test_auto_tries_long_transformer_runs(monkeypatch):
+def test_auto_tries_long_runs_of_models_without_recurrent_layers(monkeypatch):
     monkeypatch.setattr(compiling, "cpp_compiler", lambda: "/usr/bin/g++")
-    for arch in ("gpt", "transformer"):
-        assert compile_choice("auto", arch, AUTO_MIN_SECONDS).mode == "trial"
+    assert compile_choice("auto", model("gpt"), AUTO_MIN_SECONDS).mode == "trial"
+    transformer = model("transformer")
+    assert compile_choice("auto", transformer, AUTO_MIN_SECONDS).mode == "trial"
+    assert compile_choice("auto", model("seq2seq-rnn"), AUTO_MIN_SECONDS).mode == "eager"
 
 
 # ----------------------------------------------------------------------------- the trial

@@ -3,8 +3,9 @@
 ``true`` compiles the model before the first step and ``false`` never does. ``auto`` (the
 default) compiles only where it pays for the run, and finds out by measuring:
 
-- **Only a transformer is a candidate.** A recurrent model spends its step inside one fused
-  oneDNN kernel per layer that the compiler calls as it is; there is nothing to fuse around it.
+- **Only a model without recurrent layers is a candidate** (:func:`is_recurrent`). A recurrent
+  model spends its step inside one fused oneDNN kernel per layer that the compiler calls as it
+  is, with nothing to fuse around it; its explicit cells would be unrolled over every time step.
 - **Only a run long enough to pay back.** Compiling the step of a small GPT takes 15-35 s on two
   cores (the nanoGPT size, measured: 35 s cold, 17 s from Inductor's cache) and gains little on a
   CPU (0.9-1.1x measured for that model, fp32, on AVX-512 and emulated AVX2). So the planned
@@ -53,8 +54,6 @@ TRIAL_STEPS = 20
 SETTLE_STEPS = 2
 # The compiled model's median step must be this many times faster than the eager one to stay.
 MIN_GAIN = 1.05
-# The transformer arches: the only ones auto considers.
-TRANSFORMERS = ("gpt", "transformer")
 
 
 class CompileChoice(NamedTuple):
@@ -73,12 +72,20 @@ def cpp_compiler() -> str | None:
     return None
 
 
-def compile_choice(setting: str, arch: str, planned_seconds: float) -> CompileChoice:
+def is_recurrent(model: nn.Module) -> bool:
+    """Whether ``model`` runs recurrent layers (PyTorch's fused RNN/LSTM/GRU, or the explicit
+    cells of a model that carries its state), read from the model, never from its arch name."""
+    if getattr(model, "carries_state", False):
+        return True
+    return any(isinstance(module, nn.RNNBase) for module in model.modules())
+
+
+def compile_choice(setting: str, model: nn.Module, planned_seconds: float) -> CompileChoice:
     """What ``train.compile`` (auto | true | false) means for this run, without measuring yet.
 
     Args:
         setting: ``train.compile``.
-        arch: ``model.arch``.
+        model: the model to train (a recurrent one is never compiled by auto).
         planned_seconds: the training time the run's budget means here
             (:func:`~rnn2gpt.training.plan.planned_train_seconds`).
     """
@@ -86,10 +93,10 @@ def compile_choice(setting: str, arch: str, planned_seconds: float) -> CompileCh
         return CompileChoice("compiled", "on (as asked)")
     if setting == "false":
         return CompileChoice("eager", "off (as asked)")
-    if arch not in TRANSFORMERS:
+    if is_recurrent(model):
         return CompileChoice(
             "eager",
-            f"off (auto: a {arch} spends its step in fused recurrent kernels that compiling "
+            "off (auto: a recurrent model spends its step in recurrent kernels that compiling "
             "cannot speed up)",
         )
     if planned_seconds < AUTO_MIN_SECONDS:
@@ -240,6 +247,7 @@ __all__ = [
     "CompileChoice",
     "StepCompiler",
     "compile_choice",
+    "is_recurrent",
     "cpp_compiler",
     "inductor_cache_dir",
 ]

@@ -125,7 +125,7 @@ class Trainer:
         tc = self.config.train
         self.compile = compile_choice(
             tc.compile,
-            self.config.model.arch,
+            self.model,
             planned_train_seconds(
                 self.model.num_parameters(trainable_only=True),
                 self.task.tokens_per_step * tc.grad_accum * ctx.world_size,
