@@ -174,8 +174,10 @@ class StepCompiler:
         return WARMUP_STEPS + 2 * TRIAL_STEPS + 1 + SETTLE_STEPS - self.steps_seen
 
     def synchronize(self) -> None:
-        """Wait for queued device work, so a step's wall time is its real time."""
-        if self.device.type == "cuda":
+        """Wait for queued GPU work while steps are being timed (the trial, or the compiling
+        first step), so a step's wall time is its real time; never a host sync after that."""
+        timing = self.phase == "trial" or (self.phase == "compiled" and self.steps_seen == 0)
+        if timing and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def after_step(self, seconds: float) -> None:
