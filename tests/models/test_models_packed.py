@@ -125,7 +125,8 @@ def test_the_packed_path_runs_where_it_measured_faster(monkeypatch, require_pack
             layer(x)  # the first call of a row-count class times both paths
             before = calls[0]
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-            choice = packed._CHOICES[((80, 48), torch.float32, (48, 1), packed._row_class(rows))]
+            key = ((80, 48), torch.float32, (48, 1), packed._row_class(rows), False)
+            choice = packed._CHOICES[key]
             assert calls[0] - before == int(choice)
     assert len(packed._CHOICES) == 3  # one timing per row-count class: 1, 2-8, more
 
@@ -135,7 +136,7 @@ def test_a_slower_packed_path_is_never_taken(monkeypatch, require_packing):
     require_packing(torch.float32)
     monkeypatch.setattr(packed, "_CHOICES", {})
     timings = iter([1.0, 2.0])  # nn.Linear 1 s, packed 2 s
-    monkeypatch.setattr(packed, "_best_seconds", lambda fn: next(timings))
+    monkeypatch.setattr(packed, "_best_seconds", lambda fn, **_: next(timings))
     layer = nn.Linear(48, 80)
     pack_linear_layers(layer)
     calls = _count_packed_calls(monkeypatch)
@@ -143,6 +144,58 @@ def test_a_slower_packed_path_is_never_taken(monkeypatch, require_packing):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
     assert calls[0] == 0 and type(layer) is PackedLinear
+
+
+@pytest.mark.measured_choice
+def test_layers_of_a_large_model_are_timed_streaming_from_memory(monkeypatch, require_packing):
+    # A decode step reads every weight of the model once, so a layer is timed over a ring of
+    # copies of its weight as large as the model: here 6 layers -> 6 weights per timed pass.
+    require_packing(torch.float32)
+    monkeypatch.setattr(packed, "_CHOICES", {})
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(48, 48) for _ in range(6)])
+    pack_linear_layers(model)
+    layer = model[0]
+    weight_bytes = 48 * 48 * 4
+    assert layer._working_set == 6 * (weight_bytes + 48 * 4)  # weights and biases
+    assert packed._ring_length(layer) == 6
+    timed_weights = []
+    original = F.linear
+
+    def spy(x, weight, bias=None):
+        timed_weights.append(weight.data_ptr())
+        return original(x, weight, bias)
+
+    monkeypatch.setattr(packed.F, "linear", spy)
+    x = torch.randn(1, 48)
+    with torch.no_grad():
+        packed.packed_is_faster(layer, x)
+    assert len(set(timed_weights)) == 6  # its own weight and 5 copies
+    key = ((48, 48), torch.float32, (48, 1), 1, True)
+    assert key in packed._CHOICES
+
+
+def test_a_layer_alone_is_timed_hot(require_packing):
+    layer = pack_linear_layers(nn.Linear(48, 48))
+    assert packed._ring_length(layer) == 1
+
+
+def test_the_route_is_chosen_once_per_layer_and_row_class(monkeypatch, require_packing):
+    require_packing(torch.float32)
+    asked = []
+    monkeypatch.setattr(packed, "packed_is_faster", lambda layer, x: asked.append(x.shape) or True)
+    layer = pack_linear_layers(nn.Linear(48, 80))
+    with torch.no_grad():
+        for rows in (1, 1, 3, 5, 1, 40):
+            torch.testing.assert_close(
+                layer(torch.ones(rows, 48)),
+                F.linear(torch.ones(rows, 48), layer.weight, layer.bias),
+            )
+    assert [shape[0] for shape in asked] == [1, 3, 40]  # classes 1, 2-8 and more
+    with torch.no_grad():
+        layer.to(torch.float64)  # another dtype: not packed, and never asked
+        layer(torch.ones(1, 48, dtype=torch.float64))
+    assert len(asked) == 3
 
 
 @pytest.mark.parametrize("rows", [1, 8])

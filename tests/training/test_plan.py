@@ -48,3 +48,11 @@ def test_the_run_logs_its_plan_before_the_first_step(tmp_path, make_run_config, 
     assert planned < first_step
     assert "budget 3 steps" in lines[planned] and "precision fp32 (as asked)" in lines[planned]
     assert any(line.startswith("precision: fp32") for line in lines[:first_step])
+
+
+def test_seconds_left_follow_the_budget_furthest_along():
+    steps = TrainConfig(max_steps=100, max_time=0, warmup_steps=10)
+    assert plan.seconds_left(25, 10.0, 0, steps) == 30.0  # a quarter done in 10 s
+    assert plan.seconds_left(0, 0.0, 0, steps) is None
+    both = TrainConfig(max_steps=100, max_time=20.0)
+    assert plan.seconds_left(25, 10.0, 0, both) == 10.0  # half the time is the furthest

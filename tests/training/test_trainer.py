@@ -203,7 +203,10 @@ def test_token_budget_accumulation_and_test_set(tmp_path, make_run_config, corpu
     assert result.steps == 4  # 128 tokens per step (2 x 4 x 16): 4 steps reach 500
     assert result.stop_reason == "max_tokens"
     assert result.final_metrics["test_loss"] > 0
-    assert events(tmp_path / "run", "test")
+    (test,) = events(tmp_path / "run", "test")
+    # Written after the test evaluation, not stamped with the time before the final one.
+    assert test["elapsed"] >= events(tmp_path / "run", "eval")[-1]["elapsed"]
+    assert test["elapsed"] == pytest.approx(result.elapsed, abs=1e-3)
 
 
 def test_fine_tune_from_a_checkpoint(tmp_path, make_run_config, learning_seed):

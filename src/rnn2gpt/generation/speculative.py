@@ -148,13 +148,15 @@ class Proposal:
 class ModelDrafter:
     """A small language model of the same tokenizer drafting K tokens per round.
 
-    It takes x, d1, ..., dK in K + 1 single-token steps (the last keeps it level with the
-    target, should every draft be accepted), then rolls back with the target.
+    It takes x, d1, ..., d(K-1) in K single-token steps, then rolls back with the target. dK is
+    fed only if a row accepted every draft (it must then be level with the target): in the
+    rounds that reject a draft, that step would be thrown away.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.runner: RollbackRunner | None = None
+        self.pending: Tensor | None = None  # (B,) dK (x when K = 0), not yet fed
 
     def start(self, run: SpeculativeRun) -> None:
         self.runner = RollbackRunner(self.model, len(run.histories), run.draft_tokens + 1)
@@ -183,13 +185,19 @@ class ModelDrafter:
                 token = torch.multinomial(probs, 1, generator=run.generator).squeeze(1)
                 dists.append(probs)
             tokens.append(token)
-        self.runner.feed(token[:, None])  # dK (or x when k = 0): level with the target
+        self.pending = token
         drafted = torch.stack(tokens, dim=1) if tokens else last.new_zeros(len(last), 0)
         return Proposal(drafted, torch.stack(dists, dim=1) if dists else None)
 
     def settle(self, fed: int, kept: Sequence[int | None]) -> None:
-        """Roll back with the target (see :meth:`RollbackRunner.settle`)."""
-        assert self.runner is not None
+        """Roll back with the target (see :meth:`RollbackRunner.settle`); the drafter has taken
+        one token fewer than the target unless a row kept every draft."""
+        assert self.runner is not None and self.pending is not None
+        if any(accepted == fed - 1 for accepted in kept):
+            self.runner.feed(self.pending[:, None])
+        else:
+            fed -= 1
+        self.pending = None
         self.runner.settle(fed, kept)
 
 

@@ -11,10 +11,13 @@ of that matmul's 200 GFLOP/s. The progress bar's own estimate takes over once st
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..config import TrainConfig
 from ..hardware import matmul_gflops
+from .optim import progress_fraction
 
 # Share of the measured matmul's FLOP rate that a training step of these models reaches.
 TRAINING_EFFICIENCY = 0.5
@@ -94,6 +97,15 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def seconds_left(step: int, elapsed: float, tokens: int, train: TrainConfig) -> float | None:
+    """Seconds of training left, from how far the run is through its budget (steps, tokens or
+    time, whichever is furthest); None before anything is done."""
+    done = progress_fraction(step, elapsed, tokens, replace(train, warmup_steps=0))
+    if done <= 0 or elapsed <= 0:
+        return None
+    return elapsed * (1.0 - done) / done
+
+
 __all__ = [
     "TRAINING_EFFICIENCY",
     "describe_plan",
@@ -101,4 +113,5 @@ __all__ = [
     "expected_tokens_per_second",
     "planned_steps",
     "planned_train_seconds",
+    "seconds_left",
 ]

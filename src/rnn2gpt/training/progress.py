@@ -24,6 +24,25 @@ class Progress:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     best_metric: float | None = None  # train.early_stop_metric's best value (BLEU/ROUGE runs)
 
+    def record_evaluation(self, metric: str, value: float, val_loss: float) -> bool:
+        """Note an evaluation at the current step: ``value`` of the early-stopping ``metric``
+        (``train.early_stop_metric``) and the validation loss. True when ``value`` improved on
+        the best so far (the run then saves ``best``)."""
+        best = self.best_val_loss if metric == "val_loss" else self.best_metric
+        improved = better(metric, value, best)
+        if improved and metric != "val_loss":
+            self.best_metric = value
+        if self.best_val_loss is None or val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+        if improved:
+            self.best_step = self.step
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        self.last_eval_step = self.step
+        self.last_eval_train_seconds = self.train_seconds
+        return improved
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
         """Counters saved by this or an older version (unknown keys are ignored)."""

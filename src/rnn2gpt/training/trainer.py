@@ -28,8 +28,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,9 @@ from .distributed import (
 )
 from .log import METRICS_FILE, MetricsLog, format_seconds, logging_redirect, progress_bar
 from .optim import lr_at, progress_fraction, set_lr
-from .plan import describe_plan, planned_train_seconds
+from .plan import describe_plan, planned_train_seconds, seconds_left
 from .precision import autocast
-from .progress import Progress, TrainResult, better
+from .progress import Progress, TrainResult
 from .setup import RunParts, prepare_run
 from .signals import sigint_flag
 from .snapshot import restore, snapshot
@@ -123,20 +123,15 @@ class Trainer:
         if parts.resumed is not None:
             self._restore()
         tc = self.config.train
-        self.compile = compile_choice(
-            tc.compile,
-            self.model,
-            planned_train_seconds(
-                self.model.num_parameters(trainable_only=True),
-                self.task.tokens_per_step * tc.grad_accum * ctx.world_size,
-                tc,
-                self.dtype,
-            ),
+        # Tokens of one optimizer step over every rank.
+        self.tokens_per_step = self.task.tokens_per_step * tc.grad_accum * ctx.world_size
+        planned = planned_train_seconds(
+            self.model.num_parameters(trainable_only=True), self.tokens_per_step, tc, self.dtype
         )
         # The module the step runs: the model (DDP-wrapped when distributed), maybe compiled.
         self.compiler = StepCompiler(
             wrap_model(self.model, ctx),
-            self.compile,
+            compile_choice(tc.compile, self.model, planned),
             agree=lambda flag: not any_rank([not flag], ctx)[0],
             event=self._event,
             device=ctx.device,
@@ -175,7 +170,8 @@ class Trainer:
                         self._tick()
                         self._log_train(interval, bar)
                         interval = (time.perf_counter(), p.tokens, p.train_seconds)
-                    if (p.step % tc.eval_interval == 0 or eval_due) and self._evaluate_timed():
+                    due = p.step % tc.eval_interval == 0 or eval_due
+                    if due and self._timed(self._evaluate_and_save):
                         stop_reason = "early_stopping"
                         break
                 self._tick()
@@ -205,10 +201,10 @@ class Trainer:
             task=self.config.train.task,
         )
 
-    def _tick(self) -> None:
-        """Bring the elapsed and training-time counters up to now."""
+    def _tick(self, now: float | None = None) -> None:
+        """Bring the elapsed and training-time counters up to now (a clock reading)."""
         p = self.progress
-        p.elapsed = time.perf_counter() - self.start
+        p.elapsed = (time.perf_counter() if now is None else now) - self.start
         p.train_seconds = p.elapsed - self.eval_seconds
 
     def _should_stop(
@@ -283,7 +279,7 @@ class Trainer:
         p = self.progress
         self._log_train(interval, bar)
         if p.last_eval_step != p.step and p.step > 0:
-            self._evaluate_timed()
+            self._timed(self._evaluate_and_save)
         self._test()
         logger.info("finished at step %d (%s)", p.step, stop_reason)
         self._event("end", reason=stop_reason)
@@ -306,14 +302,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and test
 
-    def _evaluate_timed(self) -> bool:
-        """:meth:`_evaluate_and_save`, its time kept out of the training time."""
+    def _timed(self, work: Callable[[], Any]) -> Any:
+        """``work()`` (an evaluation), its time kept out of the training time; the clocks are
+        brought up to date before and after."""
         started = time.perf_counter()
         self._tick()
         try:
-            return self._evaluate_and_save()
+            return work()
         finally:
-            self.eval_seconds += time.perf_counter() - started
+            now = time.perf_counter()
+            self.eval_seconds += now - started
+            self._tick(now)
 
     def _evaluate(self, split: str, max_batches: int) -> dict[str, Any]:
         """The task's metrics on ``split``, the loss averaged over ranks."""
@@ -336,19 +335,7 @@ class Trainer:
             # BLEU/ROUGE of decoded validation outputs (rank 0 decodes; others wait).
             decoded = self.task.decode_metrics(self.model) if self.ctx.is_main else {}
             value = mean_over_ranks(float(decoded.get(tc.early_stop_metric, 0.0)), self.ctx)
-        best = p.best_val_loss if tc.early_stop_metric == "val_loss" else p.best_metric
-        improved = better(tc.early_stop_metric, value, best)
-        if improved and tc.early_stop_metric != "val_loss":
-            p.best_metric = value
-        if p.best_val_loss is None or val_loss < p.best_val_loss:
-            p.best_val_loss = val_loss
-        if improved:
-            p.best_step = p.step
-            p.evals_without_improvement = 0
-        else:
-            p.evals_without_improvement += 1
-        p.last_eval_step = p.step
-        p.last_eval_train_seconds = p.train_seconds
+        improved = p.record_evaluation(tc.early_stop_metric, value, val_loss)
         shown = {k: v for k, v in metrics.items() if k != "tokens"}
         p.last_metrics.update({f"val_{k}": v for k, v in {**shown, **decoded}.items()})
         if improved:
@@ -393,7 +380,7 @@ class Trainer:
         p = self.progress
         if (best / "model.safetensors").is_file() and p.best_step != p.step:
             load_weights(self.model, best, self.ctx.device)  # base weights, then any adapters
-        metrics = self._evaluate("test", 0)
+        metrics = self._timed(lambda: self._evaluate("test", 0))  # the event's time is after it
         p.last_metrics.update({f"test_{k}": v for k, v in metrics.items() if k != "tokens"})
         self._event("test", **{f"test_{k}": v for k, v in metrics.items()})
         logger.info("test loss %.4f, perplexity %.2f", metrics["loss"], metrics["perplexity"])
@@ -445,14 +432,13 @@ class Trainer:
             return
         precision = self.parts.precision
         (logger.warning if precision.slow else logger.info)("precision: %s", precision.reason)
-        logger.info("compile: %s", self.compile.reason)
-        tc = self.config.train
+        logger.info("compile: %s", self.compiler.choice.reason)
         logger.info(
             describe_plan(
                 arch=self.config.model.arch,
                 parameters=self.model.num_parameters(trainable_only=True),
-                tokens_per_step=self.task.tokens_per_step * tc.grad_accum * self.ctx.world_size,
-                train=tc,
+                tokens_per_step=self.tokens_per_step,
+                train=self.config.train,
                 dtype=self.dtype,
                 precision_reason=precision.reason,
             )
@@ -493,20 +479,12 @@ class Trainer:
         p.last_metrics["train_loss"] = loss
         self._event("train", lr=lr, loss=loss, tokens_per_sec=tokens_per_sec)
         postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tokens_per_sec:,.0f}"}
-        eta = self._eta()
+        eta = seconds_left(p.step, p.elapsed, p.tokens, self.config.train)
         if eta is not None:
             postfix["left"] = format_seconds(eta)
         bar.set_postfix(postfix, refresh=False)
         log = logger.info if bar.disable else logger.debug  # the bar already shows it
         log("step %d: loss %.4f, lr %.3g, %.0f tokens/s", p.step, loss, lr, tokens_per_sec)
-
-    def _eta(self) -> float | None:
-        """Seconds of training left, from the budget progress (None when unknown)."""
-        tc, p = self.config.train, self.progress
-        done = progress_fraction(p.step, p.elapsed, p.tokens, replace(tc, warmup_steps=0))
-        if done <= 0 or p.elapsed <= 0:
-            return None
-        return p.elapsed * (1.0 - done) / done
 
     def _event(self, kind: str, **values: Any) -> None:
         p = self.progress
