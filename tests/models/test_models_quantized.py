@@ -75,7 +75,8 @@ def test_the_kernel_choice_is_a_measured_one_and_plain_without_fast_paths(fastpa
 def test_the_kernel_choice_with_fast_paths(fastpaths_auto):
     choice = choose_int8_kernel.__wrapped__(1, 256, 256, torch.float32)
     assert choice in KERNELS
-    assert choose_int8_kernel.__wrapped__(8, 256, 256, torch.float32) != "gemv"  # 1 row only
+    assert choose_int8_kernel.__wrapped__(8, 256, 256, torch.float32) in KERNELS
+    assert choose_int8_kernel.__wrapped__(16, 256, 256, torch.float32) != "gemv"  # 8 rows at most
 
 
 def test_a_kernel_that_gives_wrong_results_is_never_chosen(fastpaths_auto, monkeypatch):
