@@ -43,15 +43,17 @@ def test_quantize_weight_rounds_each_row_to_its_own_scale():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_layers_equal_the_dequantized_fp32_layer(kernel, dtype, monkeypatch):
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [15, 1])  # one row: the GEMV compiled per shape, without Dynamo
+def test_int8_layers_equal_the_dequantized_fp32_layer(kernel, dtype, bias, rows, monkeypatch):
     if kernel == "int8pack" and not int8pack_available():
         pytest.skip("this PyTorch build has no torch._weight_int8pack_mm (int8 weight-only kernel)")
     from rnn2gpt.models import quantized
 
     torch.manual_seed(0)
-    linear = nn.Linear(96, 80)
+    linear = nn.Linear(96, 80, bias=bias)
     layer = Int8Linear.from_linear(linear)
-    x = torch.randn(3, 5, 96)
+    x = torch.randn(3, 5, 96) if rows == 15 else torch.randn(1, 1, 96)
     probe = x.reshape(-1, 96).to(dtype)
     if kernel == "gemv" and not kernel_agrees(kernel, probe, layer.qweight, layer.scale):
         # A wrong compiled kernel is refused by the choice (tested below); the others remain.
@@ -63,7 +65,7 @@ def test_int8_layers_equal_the_dequantized_fp32_layer(kernel, dtype, monkeypatch
     want = F.linear(x, layer.dequantized(), layer.bias)
     with torch.inference_mode():
         got = layer(x.to(dtype))
-    assert got.shape == (3, 5, 80) and got.dtype == dtype
+    assert got.shape == (*x.shape[:-1], 80) and got.dtype == dtype
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)
 
