@@ -157,8 +157,8 @@ def packed_is_faster(layer: PackedLinear, x: torch.Tensor) -> bool:
     """Whether ``layer``'s packed weight multiplies ``x``'s rows faster than ``F.linear`` here.
 
     Timed once per (shape, dtype, weight layout, row-count class, streamed or hot) on copies of
-    the layer's own weight (:func:`_ring_length`, same strides) and this ``x``, then remembered for the
-    process (both give the same results within rounding).
+    the layer's own weight (:func:`_ring_length`, same strides) and this ``x``, then remembered
+    for the process (both give the same results within rounding).
     """
     weight = layer.weight
     rows = x.numel() // max(x.shape[-1], 1)

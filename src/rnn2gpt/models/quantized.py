@@ -12,9 +12,10 @@ Three kernels compute ``y = x Wᵀ + b`` from it:
 - ``gemv``: for 1-8 rows (decoding, where reading the weights is the whole cost), the
   product written as a multiply-and-sum over the int8 weight, ``(x * q).sum(-1) * scale``,
   compiled once per process by ``torch.compile`` (dynamic shapes: one compile serves every layer)
-  into a loop that reads each int8 weight once per row (at one row, compiled per shape and called
-  without Dynamo, see :func:`_one_row_gemv`): 1.5-2.2x faster than fp32 on X3 at one row, and from 2 to 8 rows faster than rebuilding the fp32 weight (the rows after the first
-  find the weight in cache);
+  into a loop that reads each int8 weight once per row (at one row, compiled per shape and
+  called without Dynamo, see :func:`_one_row_gemv`): 1.5-2.2x faster than fp32 on X3 at one
+  row, and at 2-8 rows faster than rebuilding the fp32 weight (the rows after the first find
+  the weight in cache);
 - ``dequant``: the plain path, ``F.linear(x, q.to(dtype) * scale)``, which materialises the fp32
   weight at every call (correct everywhere, never faster than fp32).
 
@@ -177,7 +178,7 @@ def _compiled_gemv():
 
 def _one_row_gemv_eager(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """:func:`_gemv_eager` with the bias added: (1, K), (N, K) int8, (N,), (N,) -> (1, N)."""
-    return (x.float()[:, None, :] * q.to(torch.float32)).sum(-1) * scale + bias
+    return _gemv_eager(x, q, scale) + bias
 
 
 @lru_cache(maxsize=64)
