@@ -72,6 +72,10 @@ class ModelConfig:
     # Encoder-decoder with its own source vocabulary (tokenizer.separate): the encoder's embedding
     # has this many rows; 0 = sources and targets share one embedding of vocab_size rows.
     src_vocab_size: int = 0
+    # Language models: an adaptive softmax output (models/adaptive.py) whose head holds the ids
+    # below the first cutoff and whose tail clusters split the rest; () = a plain softmax. Faster
+    # training for large, frequency-ranked vocabularies (word tokenizers), e.g. (2000,) on PTB.
+    adaptive_cutoffs: tuple[int, ...] = ()
 
     @property
     def hidden_size(self) -> int:
@@ -85,6 +89,11 @@ class ModelConfig:
         if self.src_vocab_size < 0:
             raise ConfigError(
                 f"model.src_vocab_size must be 0 (= vocab_size) or more (got {self.src_vocab_size})"
+            )
+        if self.adaptive_cutoffs and self.arch in SEQ2SEQ_ARCHITECTURES:
+            raise ConfigError(
+                "model.adaptive_cutoffs is for language models (rnn, lstm, gru, gpt); "
+                f"remove it for a {self.arch} encoder-decoder"
             )
         if self.src_vocab_size and self.arch not in SEQ2SEQ_ARCHITECTURES:
             raise ConfigError(
@@ -598,6 +607,8 @@ def parse_value(raw: str, type_hint: Any, name: str) -> Any:
                 key, value = part.split(":")
                 pairs.append((int(key), float(value)))
             return tuple(pairs)
+        if text.startswith("tuple[int"):
+            return tuple(int(part) for part in raw.split(",") if part)
         if text.startswith("tuple"):
             return tuple(part for part in raw.split(",") if part)
     except ValueError:
@@ -697,6 +708,12 @@ def _coerce(value: Any, type_hint: Any, name: str, source: str) -> Any:
         return value
     if text.startswith("tuple[tuple") and isinstance(value, list):
         return tuple((int(k), float(v)) for k, v in value)
+    if text.startswith("tuple[int"):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(value)
+        raise ConfigError(f"{source}: {name} must be a list of whole numbers (got {value!r})")
     if text.startswith("tuple") and isinstance(value, list):
         return tuple(str(v) for v in value)
     raise ConfigError(f"{source}: {name} must be {_type_name(type_hint)} (got {value!r})")

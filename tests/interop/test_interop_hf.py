@@ -225,6 +225,13 @@ def test_export_refuses_recurrent_models(bpe, tmp_path):
         export_hf(tmp_path / "ckpt", tmp_path / "export")
 
 
+def test_export_refuses_an_adaptive_softmax_gpt(bpe, tmp_path):
+    _save_ours(tmp_path / "ckpt", bpe, adaptive_cutoffs=(100,))
+    with pytest.raises(CheckpointError, match="adaptive softmax"):
+        export_hf(tmp_path / "ckpt", tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 def test_export_never_clobbers_a_foreign_directory(bpe, tmp_path):
     _save_ours(tmp_path / "ckpt", bpe)
     busy = tmp_path / "busy"

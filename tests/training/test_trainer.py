@@ -8,9 +8,11 @@ import os
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import rnn2gpt
 import rnn2gpt.evaluation
 import rnn2gpt.models
 from rnn2gpt.checkpoint import load_checkpoint
@@ -63,6 +65,41 @@ def test_word_and_bpe_tokenizers(tmp_path, make_run_config, kind, learning_seed)
     assert best.config.model.vocab_size == best.tokenizer.vocab_size
     # Bits per character are per character, so they are below bits per token for multi-char tokens.
     assert result.final_metrics["val_bits_per_char"] < result.final_metrics["val_bits_per_token"]
+
+
+def test_an_adaptive_softmax_word_model_trains_loads_and_generates(
+    tmp_path, make_run_config, corpus, learning_seed
+):
+    config = make_run_config(
+        "lstm",
+        "word",
+        model={"adaptive_cutoffs": (8, 20)},
+        max_steps=20,
+        lr=2e-2,
+        seq_len=8,
+        eval_interval=5,
+        seed=7 + learning_seed,
+    )
+    train(config, tmp_path / "run")
+    vals = [e["val_loss"] for e in events(tmp_path / "run", "eval")]
+    assert vals[-1] < vals[0]
+    best = load_checkpoint(tmp_path / "run" / "best")
+    assert best.config.model.adaptive_cutoffs == (8, 20)
+    assert best.model.computes_nll
+
+    # Evaluation (the targets path) equals the cross-entropy of the full log-probabilities.
+    ids = np.array(best.tokenizer.encode(corpus.read_text()[:600]), dtype=np.int64)
+    scored = rnn2gpt.evaluation.evaluate_lm(best.model, ids, batch_size=1, seq_len=8, stream=True)
+    n = scored["tokens"]  # one stream, state carried: one forward over the same tokens
+    x, y = torch.from_numpy(ids[:n]), torch.from_numpy(ids[1 : n + 1])
+    with torch.inference_mode():
+        log_probs, _ = best.model(x[None])
+    by_hand = torch.nn.functional.cross_entropy(log_probs[0], y).item()
+    assert scored["loss"] == pytest.approx(by_hand, rel=1e-4)
+
+    text = rnn2gpt.load(tmp_path / "run" / "best").generate("the cat", max_new_tokens=5, seed=1)
+    new_ids = best.tokenizer.encode(text)  # five words it knows
+    assert len(new_ids) == 5 and best.tokenizer.unk_id not in new_ids
 
 
 def test_outputs_of_a_run(tmp_path, make_run_config, capfd):

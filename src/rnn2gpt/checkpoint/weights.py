@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.base import unwrap_model
 from ..models.lora import has_lora, is_adapter_tensor
 from ..models.quantized import is_quantized, quantize_model
 from .files import OPTIMIZER_FILE, cpu_contiguous, json_default, load_tensors, names, read_metadata
@@ -26,17 +27,6 @@ from .files import OPTIMIZER_FILE, cpu_contiguous, json_default, load_tensors, n
 # Optimizer settings that describe how this process runs the update, not what was learned:
 # on load they keep the live optimizer's values (a fused-CPU checkpoint may resume elsewhere).
 _RUNTIME_GROUP_KEYS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def alias_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import eval_batches
 from ..errors import DataError
-from ..models.base import eval_mode
+from ..models.base import eval_mode, next_token_loss
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +98,7 @@ def evaluate_lm(
             if not stream or reset:
                 state = None
             with context:
-                logits, new_state = model(x, state)  # (B, T, V)
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
-            )
+                loss, new_state = next_token_loss(model, x, y, state, reduction="sum")
             total += loss.double()
             tokens += y.numel()
             state = new_state if stream else None

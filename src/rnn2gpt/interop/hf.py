@@ -286,6 +286,11 @@ def export_hf(
             f"only GPT checkpoints export to the GPT-2 format; {checkpoint.directory} holds a "
             f"{run_config.model.arch} model"
         )
+    if run_config.model.adaptive_cutoffs:
+        raise CheckpointError(
+            f"{checkpoint.directory} has an adaptive softmax output (model.adaptive_cutoffs), "
+            "which GPT-2 models do not have; only GPT checkpoints with a plain output export"
+        )
     is_bpe = getattr(tokenizer, "kind", None) == "bpe"
     if not is_bpe and not weights_only:
         raise CheckpointError(

@@ -16,7 +16,9 @@ from .base import (
     State,
     build_model,
     count_parameters,
+    next_token_loss,
     register_model,
+    unwrap_model,
 )
 from .cells import ExplicitRecurrent, GRUCell, LSTMCell, RNNCell
 from .gpt import GPT
@@ -43,5 +45,7 @@ __all__ = [
     "State",
     "build_model",
     "count_parameters",
+    "next_token_loss",
     "register_model",
+    "unwrap_model",
 ]

@@ -29,6 +29,12 @@ Beyond ``forward`` each model offers:
 - ``config``: the :class:`~rnn2gpt.config.ModelConfig` it was built from.
 - ``num_parameters(trainable_only=False) -> int`` (counting tied weights once).
 
+A language model with an adaptive softmax output (``model.adaptive_cutoffs``, see
+:mod:`~rnn2gpt.models.adaptive`) has ``computes_nll = True`` and also takes
+``forward(tokens, state, targets=targets (B, T))``, which returns the negative log-likelihood of
+each target (B, T) in place of the logits, without scoring the whole vocabulary; its logits are
+then log-probabilities. Training and scoring reach it through :func:`next_token_loss`.
+
 A recorder (``recorder(name: str, tensor)``), when given, receives internal tensors (attention
 weights, gate activations, hidden states) for the analysis tools; it never changes the output.
 """
@@ -40,6 +46,7 @@ from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -153,6 +160,41 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def next_token_loss(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    state: object | None = None,
+    *,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, object]:
+    """Cross-entropy of ``targets`` (B, T) after ``tokens`` (B, T), and the model's next state.
+
+    The loss is a fp32 scalar: the mean over the B * T tokens, or their sum. A model whose
+    ``computes_nll`` is True (an adaptive softmax output) scores only what each target needs,
+    through ``forward(tokens, state, targets=targets)``, which then returns the per-token
+    negative log-likelihood (B, T) in place of the logits; any other model from its logits.
+    ``model`` may be wrapped (DDP, ``torch.compile``): it is called, never bypassed.
+    """
+    if getattr(unwrap_model(model), "computes_nll", False):
+        nll, new_state = model(tokens, state, targets=targets)
+        return (nll.mean() if reduction == "mean" else nll.sum()), new_state
+    logits, new_state = model(tokens, state)  # (B, T, V)
+    flat = logits.float().reshape(-1, logits.size(-1))
+    return F.cross_entropy(flat, targets.reshape(-1), reduction=reduction), new_state
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
-from .base import Recorder, count_parameters, per_token, register_model
+from .adaptive import check_cutoffs, cluster_layer, lm_output
+from .base import Recorder, count_parameters, register_model
 from .kv_cache import KVCache, SlotKVCache
 
 
@@ -184,6 +185,9 @@ class GPT(nn.Module):
         parts["ln_f"] = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.cutoffs = check_cutoffs(config.adaptive_cutoffs, config.vocab_size)
+        self.computes_nll = bool(self.cutoffs)
+        self.clusters = cluster_layer(config.n_embd, self.cutoffs) if self.cutoffs else None
         if config.pos_encoding == "sinusoidal":
             # Rebuilt from the config, so it is not saved in checkpoints.
             table = sinusoidal_table(config.block_size, config.n_embd, SINUSOID_SCALE)
@@ -268,9 +272,18 @@ class GPT(nn.Module):
         )
 
     def forward(
-        self, tokens: Tensor, state: KVCache | None = None, *, recorder: Recorder | None = None
+        self,
+        tokens: Tensor,
+        state: KVCache | None = None,
+        *,
+        recorder: Recorder | None = None,
+        targets: Tensor | None = None,
     ) -> tuple[Tensor, KVCache]:
-        """tokens (B, T) -> logits (B, T, V) and the cache holding every token so far."""
+        """tokens (B, T) -> logits (B, T, V) and the cache holding every token so far.
+
+        targets (B, T): with an adaptive output, return each target's negative log-likelihood
+        (B, T) in place of the logits (see models/base.py).
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
         batch, steps = tokens.shape
@@ -297,8 +310,8 @@ class GPT(nn.Module):
             if recorder is not None:
                 recorder(f"layer{i}.hidden", x.detach())
         cache.advance(steps)
-        logits = per_token(self.lm_head, self.transformer.ln_f(x))  # (B, T, V)
-        return logits, cache
+        hidden = self.transformer.ln_f(x)  # (B, T, C)
+        return lm_output(hidden, self.lm_head, self.clusters, self.cutoffs, targets), cache
 
     def _positions(self, cache: KVCache, steps: int) -> Tensor:
         """Position embeddings of the next ``steps`` tokens: (T, C), or (B, T, C) with padding."""

@@ -3,6 +3,8 @@
     tokens (B, T) -> Embedding (V, E) -> dropout -> L recurrent layers (H) -> dropout
                   -> Linear (H, V) -> logits (B, T, V)
 
+(with ``model.adaptive_cutoffs``, an adaptive softmax output: see models/adaptive.py)
+
 The recurrent layers are PyTorch's fused kernels (``model.cell = "fused"``, what training uses)
 or :class:`~rnn2gpt.models.cells.ExplicitRecurrent`, the textbook equations step by step
 (``"explicit"``). Both share parameter names, so a checkpoint loads into either.
@@ -24,7 +26,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
-from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, per_token, register_model
+from .adaptive import check_cutoffs, cluster_layer, lm_output
+from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, register_model
 from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
 
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -210,6 +213,9 @@ class RecurrentLM(nn.Module):
                 **extra,
             )
         self.decoder = nn.Linear(hidden, config.vocab_size)
+        self.cutoffs = check_cutoffs(config.adaptive_cutoffs, config.vocab_size)
+        self.computes_nll = bool(self.cutoffs)
+        self.clusters = cluster_layer(hidden, self.cutoffs) if self.cutoffs else None
         self._init_weights()
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -255,9 +261,18 @@ class RecurrentLM(nn.Module):
         return RNNState(h=h, c=c, pad_mask=pad_mask, trail=trail)
 
     def forward(
-        self, tokens: Tensor, state: RNNState | None = None, *, recorder: Recorder | None = None
+        self,
+        tokens: Tensor,
+        state: RNNState | None = None,
+        *,
+        recorder: Recorder | None = None,
+        targets: Tensor | None = None,
     ) -> tuple[Tensor, RNNState]:
-        """tokens (B, T) -> logits (B, T, V) and the state after the last token."""
+        """tokens (B, T) -> logits (B, T, V) and the state after the last token.
+
+        targets (B, T): with an adaptive output, return each target's negative log-likelihood
+        (B, T) in place of the logits (see models/base.py).
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
         if state is not None and state.trail is not None and tokens.shape[1] > 1:
@@ -272,7 +287,7 @@ class RecurrentLM(nn.Module):
             out, h_n = self._recur(x, hx, mask, recorder)
         else:
             out, h_n = self._recur_packed(x, hx, mask)
-        logits = per_token(self.decoder, self.drop(out))  # (B, T, V)
+        logits = lm_output(self.drop(out), self.decoder, self.clusters, self.cutoffs, targets)
 
         h, c = h_n if isinstance(h_n, tuple) else (h_n, None)
         length, trail = (0, None) if state is None else (state.length, state.trail)

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
 from ..data import StreamBatches, WindowBatches, encode_cached, eval_batches, load_corpus, read_text
 from ..errors import ConfigError, TokenizerError
 from ..evaluation import evaluate_lm, lm_metrics
+from ..models import next_token_loss
 from .base import TaskContext, register_task
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class LanguageModelTask:
         carried = None
         if self.stream and not batch[2] and state is not None:
             carried = state.detach()  # truncated BPTT: keep the values, cut the graph
-        logits, new_state = model(x, carried)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss, new_state = next_token_loss(model, x, y, carried)
         return loss, y.numel(), new_state if self.stream else None
 
     def evaluate(self, model: nn.Module, split: str, max_batches: int = 0) -> tuple[float, int]:
