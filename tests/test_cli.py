@@ -227,6 +227,16 @@ def test_presets_lists_every_shipped_preset(capsys):
         assert name in out
 
 
+def test_every_shipped_preset_loads_and_validates():
+    from rnn2gpt.config import list_presets, load_preset
+
+    names = list_presets()
+    assert "ptb-word-lstm" in names
+    for name in names:
+        load_preset(name).validate()
+    assert load_preset("ptb-word-lstm").model.adaptive_cutoffs == (2000,)
+
+
 def test_ctrl_c_saves_a_loadable_checkpoint(corpus, tmp_path):
     """A real SIGINT mid-run: the process saves last/, says how to resume and exits 130."""
     import os
