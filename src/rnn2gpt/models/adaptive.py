@@ -11,7 +11,8 @@ Both factors are softmaxes, so the result is a proper distribution over all V wo
 sampling and beam search read it exactly as they read a plain softmax. What it saves is training
 and scoring time: the loss of a head word needs only the head's c_0 + K scores, and a tail word's
 only its own cluster's, so the (B, T, V) scores are never built. Word frequencies follow Zipf's
-law: on Penn Treebank the 2,000 most frequent of 10,000 words are about 84% of the text.
+law: on Penn Treebank a head of 2,000 ids (``<unk>`` and ``<eos>`` among them) covers 87% of the
+training tokens.
 
 It needs ids ranked by frequency, most frequent first (the word tokenizer ranks them so); with any
 other order it is still exact, only less useful. The scores for the whole vocabulary use the
