@@ -234,7 +234,8 @@ def test_every_shipped_preset_loads_and_validates():
     assert "ptb-word-lstm" in names
     for name in names:
         load_preset(name).validate()
-    assert load_preset("ptb-word-lstm").model.adaptive_cutoffs == (2000,)
+    for name in ("ptb-word-lstm", "ptb-word-gpt"):
+        assert load_preset(name).model.adaptive_cutoffs == (2000,)
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(corpus, tmp_path):
