@@ -9,7 +9,7 @@ import torch
 
 from rnn2gpt.errors import ContextLengthError
 from rnn2gpt.models import KVCache
-from rnn2gpt.models.gpt import SINUSOID_SCALE, sinusoidal_table
+from rnn2gpt.models.gpt import SINUSOID_SCALE, SMALL_GELU_NUMEL, dropout, gelu, sinusoidal_table
 
 
 def _tokens(batch: int, steps: int, seed: int = 0) -> torch.Tensor:
@@ -73,6 +73,31 @@ def test_gelu_tanh_is_a_different_activation(make_model) -> None:
     a, b = exact(tokens)[0], approx(tokens)[0]
     assert not torch.equal(a, b)
     torch.testing.assert_close(a, b, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("numel", [7, 768, SMALL_GELU_NUMEL + 1])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_helper_equals_pytorch_and_leaves_onednn_on(numel, approximate) -> None:
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0)) * 3
+    expected = torch.nn.functional.gelu(x, approximate=approximate)
+    with torch.no_grad():
+        torch.testing.assert_close(gelu(x, approximate), expected, atol=2e-6, rtol=1e-6)
+    assert torch.backends.mkldnn.enabled  # the small path switches oneDNN off for one kernel only
+    # Under autograd every size takes PyTorch's own call, gradient included.
+    leaf = x.clone().requires_grad_()
+    gelu(leaf, approximate).sum().backward()
+    reference = x.clone().requires_grad_()
+    torch.nn.functional.gelu(reference, approximate=approximate).sum().backward()
+    assert torch.equal(leaf.grad, reference.grad)
+
+
+def test_dropout_helper_is_skipped_only_where_it_is_the_identity() -> None:
+    x = torch.ones(4, 256)
+    layer = torch.nn.Dropout(0.5)
+    assert dropout(layer, x) is not x and (dropout(layer, x) == 0).any()  # training: drops
+    layer.eval()
+    assert dropout(layer, x) is x
+    assert dropout(torch.nn.Dropout(0.0), x) is x
 
 
 @torch.no_grad()
