@@ -9,7 +9,8 @@ import torch
 
 from rnn2gpt.errors import ContextLengthError
 from rnn2gpt.models import KVCache
-from rnn2gpt.models.gpt import SINUSOID_SCALE, SMALL_GELU_NUMEL, dropout, gelu, sinusoidal_table
+from rnn2gpt.models.gpt import SINUSOID_SCALE, sinusoidal_table
+from rnn2gpt.models.ops import SMALL_GELU_NUMEL, dropout, gelu
 
 
 def _tokens(batch: int, steps: int, seed: int = 0) -> torch.Tensor:

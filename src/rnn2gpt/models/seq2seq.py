@@ -55,8 +55,9 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, ContextLengthError
 from .attention import AdditiveAttention, GeneralAttention
 from .base import Recorder, count_parameters, per_token, register_model
-from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, _sdpa, sinusoidal_table
+from .gpt import MLP, SINUSOID_SCALE, Block, CausalSelfAttention, sinusoidal_table
 from .kv_cache import KVCache, SlotKVCache
+from .ops import sdpa
 from .rnn import RNNState, StepTrail
 
 # --------------------------------------------------------------------------- state
@@ -439,7 +440,7 @@ class CrossAttention(nn.Module):
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         dropout_p = self.dropout if self.training else 0.0
         if recorder is None:
-            y = _sdpa(q, k, v, mask, dropout_p, False)
+            y = sdpa(q, k, v, mask, dropout_p, False)
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, S)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)

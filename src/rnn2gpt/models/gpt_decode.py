@@ -1,0 +1,158 @@
+"""The GPT's one-token decode step, flattened: the same arithmetic as ``GPT.forward`` without
+the module calls around it.
+
+A decode step of a small GPT is dozens of tiny kernels, and on a CPU the Python around them
+costs as much as the kernels: each ``nn.Module`` call and each parameter read through
+``nn.Module.__getattr__`` is a few microseconds. Measured on X3 (nanoGPT's 4L/128 size, batch 1,
+one process, alternating): the model's forward took 1.78x as long as the same step written with
+``F.linear``/``F.layer_norm`` on the weights directly; calling the linear layers as modules alone
+made up 1.31x of it.
+
+So, like PyTorch's own fast path in ``nn.TransformerEncoderLayer``, a step that feeds one token
+per row to an evaluation-mode model, outside autograd and without padding, runs from a
+:class:`DecodePlan`: per layer, the LayerNorms and plain ``nn.Linear`` layers bound to their
+weights, and every other layer (int8, packed, LoRA, ...) kept as the module, called as usual.
+
+The plan is built from the model's modules when a state starts decoding and travels with that
+state (:attr:`KVCache.decode_plan`), so a module replaced between two generations is always
+seen. A model with forward hooks on any module never takes this path: hooks fire as usual.
+``tests/models/test_models_gpt_decode.py`` holds the two paths to the same logits.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
+
+from .adaptive import lm_output
+from .base import per_token
+from .kv_cache import KVCache
+from .ops import gelu, sdpa
+
+if TYPE_CHECKING:
+    from .gpt import GPT
+
+Step = Callable[[Tensor], Tensor]
+
+
+class LayerPlan(NamedTuple):
+    """One block's callables: x (B, 1, C) -> (B, 1, C) each, except ``c_fc`` (-> 4C)."""
+
+    ln_1: Step
+    c_attn: Step
+    c_proj: Step
+    ln_2: Step
+    c_fc: Step
+    approximate: str  # the MLP's GELU: "none" or "tanh"
+    mlp_proj: Step
+
+
+class DecodePlan(NamedTuple):
+    """Everything a one-token step of ``model`` reads, resolved once per decoding state.
+
+    ``layers`` is None when the model has forward hooks: its steps then take ``GPT.forward``'s
+    general path, and the other fields are unused.
+    """
+
+    model: GPT
+    layers: tuple[LayerPlan, ...] | None
+    embed: Step | None = None  # tokens (B, 1) -> (B, 1, C)
+    positions: Tensor | None = None  # (block_size, C): learned wpe or the fixed sinusoids
+    ln_f: Step | None = None
+    head: Step | None = None  # hidden (B*1, C) -> logits; None with an adaptive output
+    n_head: int = 0
+
+
+def _linear(layer: nn.Module) -> Step:
+    """A plain ``nn.Linear`` bound to its parameters; any other layer kept as the module."""
+    if type(layer) is nn.Linear:
+        return functools.partial(F.linear, weight=layer.weight, bias=layer.bias)
+    return layer
+
+
+def _layer_norm(layer: nn.Module) -> Step:
+    if type(layer) is nn.LayerNorm:
+        return functools.partial(
+            torch.layer_norm,
+            normalized_shape=layer.normalized_shape,
+            weight=layer.weight,
+            bias=layer.bias,
+            eps=layer.eps,
+        )
+    return layer
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    global_hooks = (
+        module_hooks._global_forward_hooks,
+        module_hooks._global_forward_pre_hooks,
+    )
+    if any(global_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def build_decode_plan(model: GPT) -> DecodePlan:
+    """The plan of ``model`` as its modules are now (without layers where hooks must see every
+    call)."""
+    if _has_hooks(model):
+        return DecodePlan(model, None)
+    tr = model.transformer
+    wte = tr.wte
+    embed: Step = (
+        functools.partial(F.embedding, weight=wte.weight)
+        if type(wte) is nn.Embedding and wte.padding_idx is None and wte.max_norm is None
+        else wte
+    )
+    positions = model.pos_table if model.config.pos_encoding == "sinusoidal" else tr.wpe.weight
+    layers = tuple(
+        LayerPlan(
+            ln_1=_layer_norm(block.ln_1),
+            c_attn=_linear(block.attn.c_attn),
+            c_proj=_linear(block.attn.c_proj),
+            ln_2=_layer_norm(block.ln_2),
+            c_fc=_linear(block.mlp.c_fc),
+            approximate=block.mlp.act.approximate,
+            mlp_proj=_linear(block.mlp.c_proj),
+        )
+        for block in tr.h
+    )
+    head = None if model.cutoffs else _linear(model.lm_head)
+    return DecodePlan(
+        model, layers, embed, positions, _layer_norm(tr.ln_f), head, model.config.n_head
+    )
+
+
+def decode_step(plan: DecodePlan, tokens: Tensor, cache: KVCache) -> Tensor:
+    """tokens (B, 1) -> logits (B, 1, V); appends to ``cache`` and advances it one slot.
+
+    ``GPT.forward`` for one token per row, no padding, evaluation mode: the same operations in
+    the same order (dropout is the identity there), so the same numbers.
+    """
+    batch = tokens.shape[0]
+    x = plan.embed(tokens) + plan.positions[cache.length]  # (B, 1, C)
+    width = x.shape[-1]
+    heads = plan.n_head
+    for i, layer in enumerate(plan.layers):
+        qkv = layer.c_attn(layer.ln_1(x))  # (B, 1, 3C)
+        # (B, 1, 3C) -> 3 x (B, nh, 1, hd): with one query the head split is a view.
+        q, k, v = qkv.view(batch, 3, heads, 1, width // heads).unbind(1)
+        k, v = cache.append(i, k, v)  # (B, nh, S, hd)
+        y = sdpa(q, k, v, None, 0.0, False)  # (B, nh, 1, hd)
+        x = x + layer.c_proj(y.transpose(1, 2).reshape(batch, 1, width))
+        x = x + layer.mlp_proj(gelu(layer.c_fc(layer.ln_2(x)), layer.approximate))
+    cache.advance(1)
+    hidden = plan.ln_f(x)  # (B, 1, C)
+    if plan.head is None:
+        model = plan.model
+        return lm_output(hidden, model.lm_head, model.clusters, model.cutoffs)
+    return per_token(plan.head, hidden)
+
+
+__all__ = ["DecodePlan", "LayerPlan", "build_decode_plan", "decode_step"]
