@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
-from .gpt_decode import build_decode_plan, decode_step
+from .gpt_decode import DecodePlan, build_decode_plan, next_positions, planned_forward
 from .kv_cache import KVCache, SlotKVCache
 from .ops import dropout, gelu, sdpa
 
@@ -152,6 +152,7 @@ class GPT(nn.Module):
             )
         self.config = config
         self.max_context: int | None = config.block_size
+        self._decode_plan: DecodePlan | None = None  # built by the first decoding forward
 
         parts: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
         if config.pos_encoding == "learned":
@@ -207,7 +208,11 @@ class GPT(nn.Module):
         slots: rows of independent lengths (:class:`SlotKVCache`, for continuous batching).
         rollback: > 0 for a speculative run: a slot cache rolls rows back to any length
             (``truncate``), and then attends over its filled slots only (``trim``).
+
+        Decoding from the new state resolves the model's modules afresh
+        (:mod:`rnn2gpt.models.gpt_decode`), so layers replaced since the last state are used.
         """
+        self._decode_plan = None
         capacity = capacity or self.config.block_size
         if capacity > self.config.block_size:
             raise ContextLengthError(
@@ -279,22 +284,24 @@ class GPT(nn.Module):
             )
 
         if (
-            steps == 1
-            and type(cache) is KVCache
-            and cache.valid is None
+            state is not None
             and not self.training
             and recorder is None
             and targets is None
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
         ):
-            plan = cache.decode_plan
-            if plan is None or plan.model is not self:
-                plan = cache.decode_plan = build_decode_plan(self)
+            # Decoding: the same numbers without the module calls (models/gpt_decode.py).
+            plan = self._decode_plan
+            if plan is None:
+                plan = self._decode_plan = build_decode_plan(self)
             if plan.layers is not None:
-                return decode_step(plan, tokens, cache), cache
+                return planned_forward(plan, tokens, cache), cache
 
-        x = self.transformer.wte(tokens) + self._positions(cache, steps)  # (B, T, C)
+        table = self.pos_table if self.config.pos_encoding == "sinusoidal" else None
+        x = self.transformer.wte(tokens) + next_positions(
+            self.transformer.wpe.weight if table is None else table, cache, steps
+        )  # (B, T, C)
         x = dropout(self.transformer.drop, x)
         mask, is_causal = cache.attention_mask(steps)
         for i, block in enumerate(self.transformer.h):
@@ -304,16 +311,6 @@ class GPT(nn.Module):
         cache.advance(steps)
         hidden = self.transformer.ln_f(x)  # (B, T, C)
         return lm_output(hidden, self.lm_head, self.clusters, self.cutoffs, targets), cache
-
-    def _positions(self, cache: KVCache, steps: int) -> Tensor:
-        """Position embeddings of the next ``steps`` tokens: (T, C), or (B, T, C) with padding."""
-        table = self.pos_table if self.config.pos_encoding == "sinusoidal" else None
-        if table is None:
-            table = self.transformer.wpe.weight
-        per_row = cache.positions(steps)  # (B, T) or None
-        if per_row is None:
-            return table[cache.length : cache.length + steps]  # a view: nothing allocated
-        return F.embedding(per_row, table)
 
 
 @register_model("gpt")

@@ -1,4 +1,4 @@
-"""The GPT's one-token decode step, flattened: the same arithmetic as ``GPT.forward`` without
+"""The GPT's forward for decoding, flattened: the same arithmetic as ``GPT.forward`` without
 the module calls around it.
 
 A decode step of a small GPT is dozens of tiny kernels, and on a CPU the Python around them
@@ -8,14 +8,16 @@ one process, alternating): the model's forward took 1.78x as long as the same st
 ``F.linear``/``F.layer_norm`` on the weights directly; calling the linear layers as modules alone
 made up 1.31x of it.
 
-So, like PyTorch's own fast path in ``nn.TransformerEncoderLayer``, a step that feeds one token
-per row to an evaluation-mode model, outside autograd and without padding, runs from a
-:class:`DecodePlan`: per layer, the LayerNorms and plain ``nn.Linear`` layers bound to their
-weights, and every other layer (int8, packed, LoRA, ...) kept as the module, called as usual.
+So, like PyTorch's own fast path in ``nn.TransformerEncoderLayer``, a forward that continues a
+state (prefill, decode steps, speculative checks; any cache) in evaluation mode and outside
+autograd runs from a :class:`DecodePlan`: per layer, the LayerNorms and plain ``nn.Linear``
+layers bound to their weights, and every other layer (int8, packed, LoRA, ...) kept as the
+module and called as usual. Training, recorders, ``targets=`` and ``forward(x, None)`` take the
+general path.
 
-The plan is built from the model's modules when a state starts decoding and travels with that
-state (:attr:`KVCache.decode_plan`), so a module replaced between two generations is always
-seen. A model with forward hooks on any module never takes this path: hooks fire as usual.
+The plan is resolved from the model's modules at the first such forward after
+``GPT.new_state``, so a layer replaced before a new state is always used. A model with forward
+hooks on any module never takes this path: hooks fire as usual.
 ``tests/models/test_models_gpt_decode.py`` holds the two paths to the same logits.
 """
 
@@ -32,7 +34,7 @@ from torch.nn.modules import module as module_hooks
 
 from .adaptive import lm_output
 from .base import per_token
-from .kv_cache import KVCache
+from .kv_cache import KVCache, SlotKVCache
 from .ops import gelu, sdpa
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ Step = Callable[[Tensor], Tensor]
 
 
 class LayerPlan(NamedTuple):
-    """One block's callables: x (B, 1, C) -> (B, 1, C) each, except ``c_fc`` (-> 4C)."""
+    """One block's callables: x (B, T, C) -> (B, T, C) each; ``c_attn`` -> 3C, ``c_fc`` -> 4C."""
 
     ln_1: Step
     c_attn: Step
@@ -54,18 +56,17 @@ class LayerPlan(NamedTuple):
 
 
 class DecodePlan(NamedTuple):
-    """Everything a one-token step of ``model`` reads, resolved once per decoding state.
+    """Everything a decoding forward of a model reads, resolved once per decoding state.
 
     ``layers`` is None when the model has forward hooks: its steps then take ``GPT.forward``'s
     general path, and the other fields are unused.
     """
 
-    model: GPT
     layers: tuple[LayerPlan, ...] | None
-    embed: Step | None = None  # tokens (B, 1) -> (B, 1, C)
+    embed: Step | None = None  # tokens (B, T) -> (B, T, C)
     positions: Tensor | None = None  # (block_size, C): learned wpe or the fixed sinusoids
     ln_f: Step | None = None
-    head: Step | None = None  # hidden (B*1, C) -> logits; None with an adaptive output
+    head: Step | None = None  # hidden (B*T, C) -> logits (B*T, V), or the adaptive output
     n_head: int = 0
 
 
@@ -102,7 +103,7 @@ def build_decode_plan(model: GPT) -> DecodePlan:
     """The plan of ``model`` as its modules are now (without layers where hooks must see every
     call)."""
     if _has_hooks(model):
-        return DecodePlan(model, None)
+        return DecodePlan(None)
     tr = model.transformer
     wte = tr.wte
     embed: Step = (
@@ -123,36 +124,48 @@ def build_decode_plan(model: GPT) -> DecodePlan:
         )
         for block in tr.h
     )
-    head = None if model.cutoffs else _linear(model.lm_head)
-    return DecodePlan(
-        model, layers, embed, positions, _layer_norm(tr.ln_f), head, model.config.n_head
-    )
+    if model.cutoffs:
+        head: Step = functools.partial(
+            lm_output, output=model.lm_head, clusters=model.clusters, cutoffs=model.cutoffs
+        )
+    else:
+        head = _linear(model.lm_head)
+    return DecodePlan(layers, embed, positions, _layer_norm(tr.ln_f), head, model.config.n_head)
 
 
-def decode_step(plan: DecodePlan, tokens: Tensor, cache: KVCache) -> Tensor:
-    """tokens (B, 1) -> logits (B, 1, V); appends to ``cache`` and advances it one slot.
+def next_positions(table: Tensor, cache: KVCache | SlotKVCache, steps: int) -> Tensor:
+    """Position embeddings of the next ``steps`` tokens from ``table`` (block_size, C): (T, C),
+    or (B, T, C) where rows are at different positions (padding, slots)."""
+    per_row = cache.positions(steps)  # (B, T) or None
+    if per_row is None:
+        return table[cache.length : cache.length + steps]  # a view: nothing allocated
+    return F.embedding(per_row, table)
 
-    ``GPT.forward`` for one token per row, no padding, evaluation mode: the same operations in
-    the same order (dropout is the identity there), so the same numbers.
+
+def planned_forward(plan: DecodePlan, tokens: Tensor, cache: KVCache | SlotKVCache) -> Tensor:
+    """tokens (B, T) -> logits (B, T, V); appends to ``cache`` and advances it T slots.
+
+    ``GPT.forward`` in evaluation mode: the same operations in the same order (dropout is the
+    identity there), so the same numbers.
     """
-    batch = tokens.shape[0]
-    x = plan.embed(tokens) + plan.positions[cache.length]  # (B, 1, C)
+    batch, steps = tokens.shape
+    x = plan.embed(tokens) + next_positions(plan.positions, cache, steps)  # (B, T, C)
     width = x.shape[-1]
     heads = plan.n_head
+    mask, is_causal = cache.attention_mask(steps)
     for i, layer in enumerate(plan.layers):
-        qkv = layer.c_attn(layer.ln_1(x))  # (B, 1, 3C)
-        # (B, 1, 3C) -> 3 x (B, nh, 1, hd): with one query the head split is a view.
-        q, k, v = qkv.view(batch, 3, heads, 1, width // heads).unbind(1)
+        qkv = layer.c_attn(layer.ln_1(x))  # (B, T, 3C)
+        if steps == 1:  # (B, 1, 3C) -> 3 x (B, nh, 1, hd): with one query the split is a view
+            q, k, v = qkv.view(batch, 3, heads, 1, width // heads).unbind(1)
+        else:  # as CausalSelfAttention: one contiguous copy
+            qkv = qkv.view(batch, steps, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.contiguous().unbind(0)
         k, v = cache.append(i, k, v)  # (B, nh, S, hd)
-        y = sdpa(q, k, v, None, 0.0, False)  # (B, nh, 1, hd)
-        x = x + layer.c_proj(y.transpose(1, 2).reshape(batch, 1, width))
+        y = sdpa(q, k, v, mask, 0.0, is_causal)  # (B, nh, T, hd)
+        x = x + layer.c_proj(y.transpose(1, 2).reshape(batch, steps, width))
         x = x + layer.mlp_proj(gelu(layer.c_fc(layer.ln_2(x)), layer.approximate))
-    cache.advance(1)
-    hidden = plan.ln_f(x)  # (B, 1, C)
-    if plan.head is None:
-        model = plan.model
-        return lm_output(hidden, model.lm_head, model.clusters, model.cutoffs)
-    return per_token(plan.head, hidden)
+    cache.advance(steps)
+    return per_token(plan.head, plan.ln_f(x))
 
 
-__all__ = ["DecodePlan", "LayerPlan", "build_decode_plan", "decode_step"]
+__all__ = ["DecodePlan", "LayerPlan", "build_decode_plan", "next_positions", "planned_forward"]

@@ -19,7 +19,6 @@ Two ways a cache comes to exist:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,9 +34,6 @@ class KVCache:
         valid: (B, capacity) bool, True at slots holding real tokens; None when nothing is padded.
         pad_len: number of leading slots that may hold padding (T0 of the pad mask; 0 if none).
         num_pad: (B,) long, pad slots per row (positions of later tokens are slot - num_pad).
-        decode_plan: the GPT's one-token step resolved for this state
-            (:mod:`rnn2gpt.models.gpt_decode`), built by the model at its first such step and
-            kept by ``select`` and ``detach``; None until then.
     """
 
     def __init__(
@@ -56,7 +52,6 @@ class KVCache:
         self.capacity = capacity
         self.valid = valid
         self._batch_size = batch_size
-        self.decode_plan: Any = None
         if valid is None:
             self.pad_len = 0
             self.num_pad: Tensor | None = None
@@ -237,7 +232,6 @@ class KVCache:
         new.keys, new.values = keys, values
         new.length, new.capacity, new.valid = self.length, self.capacity, valid
         new._batch_size = batch_size
-        new.decode_plan = self.decode_plan
         new.pad_len = self.pad_len
         # num_pad per row follows the rows selected; recomputed from valid when present.
         new.num_pad = None if valid is None else (~valid[:, : self.pad_len]).sum(dim=1)
