@@ -110,13 +110,18 @@ def test_short_lstm_calls_take_cell_steps_with_the_same_results(make_model, monk
 
     monkeypatch.setenv("RNN2GPT_FASTPATHS", mode)
     calls = [0]
-    original = rnn.lstm_by_cell_steps
 
-    def spy(*args):
-        calls[0] += 1
-        return original(*args)
+    def spy(original):
+        def counted(*args):
+            calls[0] += 1
+            return original(*args)
 
-    monkeypatch.setattr(rnn, "lstm_by_cell_steps", spy)
+        return counted
+
+    # The first step (no state yet) takes the general path's cell steps; later ones the decode
+    # plan's (models/decode_plan.py), the same cell kernel.
+    monkeypatch.setattr(rnn, "lstm_by_cell_steps", spy(rnn.lstm_by_cell_steps))
+    monkeypatch.setattr(rnn, "lstm_step", spy(rnn.lstm_step))
     model = make_model(arch="lstm").eval()
     tokens = torch.randint(0, model.config.vocab_size, (2, SHORT_LSTM_CALL_STEPS + 8))
     whole, _ = model(tokens)  # long enough for nn.LSTM (oneDNN where PyTorch picks it)

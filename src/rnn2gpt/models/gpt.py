@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
-from .gpt_decode import DecodePlan, build_decode_plan, next_positions, planned_forward
+from .decode_plan import DecodePlan, build_decode_plan, next_positions, planned_forward
 from .kv_cache import KVCache, SlotKVCache
 from .ops import dropout, gelu, sdpa
 
@@ -210,7 +210,7 @@ class GPT(nn.Module):
             (``truncate``), and then attends over its filled slots only (``trim``).
 
         Decoding from the new state resolves the model's modules afresh
-        (:mod:`rnn2gpt.models.gpt_decode`), so layers replaced since the last state are used.
+        (:mod:`rnn2gpt.models.decode_plan`), so layers replaced since the last state are used.
         """
         self._decode_plan = None
         capacity = capacity or self.config.block_size
@@ -291,7 +291,7 @@ class GPT(nn.Module):
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
         ):
-            # Decoding: the same numbers without the module calls (models/gpt_decode.py).
+            # Decoding: the same numbers without the module calls (models/decode_plan.py).
             plan = self._decode_plan
             if plan is None:
                 plan = self._decode_plan = build_decode_plan(self)

@@ -29,6 +29,7 @@ from ..hardware import fastpaths_enabled
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, register_model
 from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
+from .decode_plan import LSTMPlan, build_lstm_plan, lstm_step
 
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -188,6 +189,7 @@ class RecurrentLM(nn.Module):
         self.nonlinearity = config.nonlinearity if config.arch == "rnn" else "tanh"
         self.hidden_size = hidden
         self.num_layers = config.n_layer
+        self._decode_plan: LSTMPlan | None = None  # built by the first LSTM decode step
 
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
@@ -247,6 +249,7 @@ class RecurrentLM(nn.Module):
         rollback: keep the states of the last ``rollback`` tokens so ``truncate`` can roll rows
             back that far (speculative decoding); 0 = keep none.
         """
+        self._decode_plan = None  # decoding from this state resolves the modules afresh
         weight = self.embedding.weight
         shape = (self.num_layers, batch_size, self.hidden_size)
         h = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
@@ -277,6 +280,26 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
         if state is not None and state.trail is not None and tokens.shape[1] > 1:
             return self._forward_by_steps(tokens, state, recorder)
+        if (
+            tokens.shape[1] == 1
+            and state is not None
+            and state.c is not None
+            and state.pad_mask is None
+            and not self.training
+            and recorder is None
+            and targets is None
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            # An LSTM decode step: the same numbers without the module calls (decode_plan.py).
+            plan = self._decode_plan
+            if plan is None:
+                plan = self._decode_plan = build_lstm_plan(self)
+            if plan.cells is not None:
+                logits, h, c = lstm_step(plan, tokens, state)
+                if state.trail is not None:
+                    state.trail.record(h, c, 1)
+                return logits, RNNState(h=h, c=c, length=state.length + 1, trail=state.trail)
         hx = None if state is None else state.as_hx()
         mask, pending = _take_mask(state, tokens.shape[1])
 

@@ -1,5 +1,5 @@
-"""The GPT's forward for decoding, flattened: the same arithmetic as ``GPT.forward`` without
-the module calls around it.
+"""Decoding forwards, flattened: the same arithmetic as ``GPT.forward`` (and the LSTM's one-token
+step of ``RecurrentLM.forward``) without the module calls around it.
 
 A decode step of a small GPT is dozens of tiny kernels, and on a CPU the Python around them
 costs as much as the kernels: each ``nn.Module`` call and each parameter read through
@@ -18,7 +18,11 @@ general path.
 The plan is resolved from the model's modules at the first such forward after
 ``GPT.new_state``, so a layer replaced before a new state is always used. A model with forward
 hooks on any module never takes this path: hooks fire as usual.
-``tests/models/test_models_gpt_decode.py`` holds the two paths to the same logits.
+
+The LSTM's plan covers one token per row (a decode step, a drafter's step) on the CPU: the
+embedding, ``torch.lstm_cell`` per layer on the layer's own weights (what the general path runs
+for short calls, ``rnn.lstm_by_cell_steps``) and the output layer.
+``tests/models/test_models_decode_plan.py`` holds the two paths to the same logits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
+from ..hardware import fastpaths_enabled
 from .adaptive import lm_output
 from .base import per_token
 from .kv_cache import KVCache, SlotKVCache
@@ -39,6 +44,7 @@ from .ops import gelu, sdpa
 
 if TYPE_CHECKING:
     from .gpt import GPT
+    from .rnn import RecurrentLM, RNNState
 
 Step = Callable[[Tensor], Tensor]
 
@@ -68,6 +74,15 @@ class DecodePlan(NamedTuple):
     ln_f: Step | None = None
     head: Step | None = None  # hidden (B*T, C) -> logits (B*T, V), or the adaptive output
     n_head: int = 0
+
+
+class LSTMPlan(NamedTuple):
+    """What an LSTM language model's one-token step reads; ``cells`` is None where the general
+    path must run (hooks, explicit cells, no CPU fast paths)."""
+
+    cells: tuple[tuple[Tensor, ...], ...] | None  # per layer (w_ih, w_hh[, b_ih, b_hh])
+    embed: Step | None = None  # tokens (B, 1) -> (B, 1, E)
+    head: Step | None = None  # hidden (B, H) -> logits (B, V), or the adaptive output
 
 
 def _linear(layer: nn.Module) -> Step:
@@ -105,12 +120,6 @@ def build_decode_plan(model: GPT) -> DecodePlan:
     if _has_hooks(model):
         return DecodePlan(None)
     tr = model.transformer
-    wte = tr.wte
-    embed: Step = (
-        functools.partial(F.embedding, weight=wte.weight)
-        if type(wte) is nn.Embedding and wte.padding_idx is None and wte.max_norm is None
-        else wte
-    )
     positions = model.pos_table if model.config.pos_encoding == "sinusoidal" else tr.wpe.weight
     layers = tuple(
         LayerPlan(
@@ -124,13 +133,64 @@ def build_decode_plan(model: GPT) -> DecodePlan:
         )
         for block in tr.h
     )
+    return DecodePlan(
+        layers,
+        _embedding(tr.wte),
+        positions,
+        _layer_norm(tr.ln_f),
+        _output(model, model.lm_head),
+        model.config.n_head,
+    )
+
+
+def _embedding(layer: nn.Module) -> Step:
+    if type(layer) is nn.Embedding and layer.padding_idx is None and layer.max_norm is None:
+        return functools.partial(F.embedding, weight=layer.weight)
+    return layer
+
+
+def _output(model: GPT | RecurrentLM, layer: nn.Module) -> Step:
+    """The output layer (hidden (N, H) -> (N, V)), the adaptive softmax's when there is one."""
     if model.cutoffs:
-        head: Step = functools.partial(
-            lm_output, output=model.lm_head, clusters=model.clusters, cutoffs=model.cutoffs
+        return functools.partial(
+            lm_output, output=layer, clusters=model.clusters, cutoffs=model.cutoffs
         )
-    else:
-        head = _linear(model.lm_head)
-    return DecodePlan(layers, embed, positions, _layer_norm(tr.ln_f), head, model.config.n_head)
+    return _linear(layer)
+
+
+def build_lstm_plan(model: RecurrentLM) -> LSTMPlan:
+    """The one-token plan of an LSTM model as its modules are now."""
+    lstm = model.rnn
+    if (
+        type(lstm) is not nn.LSTM
+        or lstm.proj_size
+        or not fastpaths_enabled()
+        or model.embedding.weight.device.type != "cpu"
+        or _has_hooks(model)
+    ):
+        return LSTMPlan(None)
+    per_layer = len(lstm._flat_weights) // lstm.num_layers
+    cells = tuple(
+        tuple(lstm._flat_weights[layer * per_layer : (layer + 1) * per_layer])
+        for layer in range(lstm.num_layers)
+    )
+    return LSTMPlan(cells, _embedding(model.embedding), _output(model, model.decoder))
+
+
+def lstm_step(plan: LSTMPlan, tokens: Tensor, state: RNNState) -> tuple[Tensor, Tensor, Tensor]:
+    """tokens (B, 1) -> logits (B, 1, V), h and c (L, B, H) after the token.
+
+    ``RecurrentLM.forward`` for one token per row in evaluation mode (dropout is the identity):
+    the same kernels in the same order, so the same numbers.
+    """
+    x = plan.embed(tokens)[:, 0]  # (B, E)
+    hs, cs = [], []
+    for layer, weights in enumerate(plan.cells):
+        x, c = torch.lstm_cell(x, (state.h[layer], state.c[layer]), *weights)
+        hs.append(x)
+        cs.append(c)
+    logits = plan.head(x)  # (B, V)
+    return logits[:, None], torch.stack(hs), torch.stack(cs)
 
 
 def next_positions(table: Tensor, cache: KVCache | SlotKVCache, steps: int) -> Tensor:
@@ -168,4 +228,13 @@ def planned_forward(plan: DecodePlan, tokens: Tensor, cache: KVCache | SlotKVCac
     return per_token(plan.head, plan.ln_f(x))
 
 
-__all__ = ["DecodePlan", "LayerPlan", "build_decode_plan", "next_positions", "planned_forward"]
+__all__ = [
+    "DecodePlan",
+    "LSTMPlan",
+    "LayerPlan",
+    "build_decode_plan",
+    "build_lstm_plan",
+    "lstm_step",
+    "next_positions",
+    "planned_forward",
+]

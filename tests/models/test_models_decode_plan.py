@@ -1,4 +1,4 @@
-"""The GPT's flattened decoding forward (models/gpt_decode.py) gives GPT.forward's numbers."""
+"""The GPT's flattened decoding forward (models/decode_plan.py) gives GPT.forward's numbers."""
 
 from __future__ import annotations
 
@@ -145,3 +145,78 @@ def test_beam_search_matches(make_model) -> None:
     finally:
         handle.remove()
     assert [r.token_ids for r in fast[0]] == [r.token_ids for r in general[0]]
+
+
+# --------------------------------------------------------------------------- the LSTM's step
+
+
+def _lstm_steps(model, rows, steps: int = 5, general: bool = False, rollback: int = 0):
+    """Prefill ``rows``, then ``steps`` tokens one at a time: logits (B, 1 + steps, V) and the
+    final (h, c). ``general``: through a no-op pre-hook (GPT.forward's general path)."""
+    handle = model.register_forward_pre_hook(lambda module, args: None) if general else None
+    try:
+        with torch.inference_mode():
+            state = model.new_state(len(rows), rollback=rollback)
+            out, state = model(torch.tensor(rows), state)
+            logits = [out[:, -1:]]
+            for step in range(steps):
+                out, state = model(torch.full((len(rows), 1), (5 * step + 2) % 13), state)
+                logits.append(out)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.cat(logits, dim=1), state
+
+
+def _assert_same_lstm_steps(model, **kwargs) -> None:
+    fast, fast_state = _lstm_steps(model, PROMPT, **kwargs)
+    assert model._decode_plan is not None and model._decode_plan.cells is not None
+    general, general_state = _lstm_steps(model, PROMPT, general=True, **kwargs)
+    assert model._decode_plan.cells is None
+    torch.testing.assert_close(fast, general, rtol=0, atol=0)
+    torch.testing.assert_close(fast_state.h, general_state.h, rtol=0, atol=0)
+    torch.testing.assert_close(fast_state.c, general_state.c, rtol=0, atol=0)
+    assert fast_state.length == general_state.length == len(PROMPT[0]) + 5
+
+
+@pytest.mark.parametrize(
+    "variant", ["plain", "adaptive", "int8", "inference-layout", "rollback", "one-layer"]
+)
+def test_lstm_step_equals_general_path(make_model, variant) -> None:
+    overrides = {"arch": "lstm", "n_layer": 1 if variant == "one-layer" else 2}
+    if variant == "adaptive":
+        overrides["adaptive_cutoffs"] = (6,)
+    model = make_model(**overrides)
+    if variant == "int8":
+        quantize_model(model)
+    elif variant == "inference-layout":
+        use_inference_layout(model)
+    _assert_same_lstm_steps(model, rollback=3 if variant == "rollback" else 0)
+
+
+def test_lstm_rollback_trail_records_planned_steps(make_model) -> None:
+    model = make_model(arch="lstm")
+    _, state = _lstm_steps(model, PROMPT, steps=3, rollback=3)
+    _, general_state = _lstm_steps(model, PROMPT, steps=3, rollback=3, general=True)
+    with torch.inference_mode():
+        state.truncate({0: len(PROMPT[0]) + 1})
+        general_state.truncate({0: len(PROMPT[0]) + 1})
+    torch.testing.assert_close(state.h, general_state.h, rtol=0, atol=0)
+    assert not torch.equal(state.h[:, 0], state.h[:, 1])
+
+
+@pytest.mark.parametrize("arch", ["gru", "rnn"])
+def test_other_recurrent_models_keep_their_fused_kernels(make_model, arch) -> None:
+    model = make_model(arch=arch)
+    _lstm_steps(model, PROMPT, steps=2)
+    assert model._decode_plan is None
+
+
+def test_lstm_plan_off_for_explicit_cells_and_without_fast_paths(make_model, monkeypatch) -> None:
+    explicit = make_model(arch="lstm", cell="explicit")
+    _lstm_steps(explicit, PROMPT, steps=2)
+    assert explicit._decode_plan.cells is None
+    monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    fused = make_model(arch="lstm")
+    _lstm_steps(fused, PROMPT, steps=2)
+    assert fused._decode_plan.cells is None
