@@ -100,6 +100,11 @@ def test_generate_stream_hover_stop_and_no_other_host(browser, checkpoints, live
         [str(checkpoints["lstm"]), str(checkpoints["gpt"])],
         settings=ServerSettings(max_tokens=4096),
     )
+    # Pace the LSTM (2 ms a step, through a hook) so the 1,000-token request is still streaming
+    # when Stop is clicked, however fast this machine decodes.
+    pace = app.state.hosts["tiny-lstm"].engine.model.register_forward_pre_hook(
+        lambda module, args: time.sleep(0.002)
+    )
     server = live(app)
     driver = browser
     driver.get(server.url + "/")
@@ -136,6 +141,7 @@ def test_generate_stream_hover_stop_and_no_other_host(browser, checkpoints, live
     assert len(driver.find_elements(By.CSS_SELECTOR, ".column .token")) == stopped_at
     assert stopped_at < 1000
     _until(lambda: app.state.hosts["tiny-lstm"].engine.busy == 0, 10)  # the slot was freed
+    pace.remove()
 
     # Branch here: clicking an alternative continues from that token.
     token = _visible_token(driver)

@@ -85,6 +85,19 @@ class LSTMPlan(NamedTuple):
     head: Step | None = None  # hidden (B, H) -> logits (B, V), or the adaptive output
 
 
+def may_use_plan(model: nn.Module, state: object, recorder: object, targets: object) -> bool:
+    """Whether a forward may run from a decode plan: it continues a state, in evaluation mode,
+    outside autograd and compilation, with no recorder and no targets."""
+    return (
+        state is not None
+        and not model.training
+        and recorder is None
+        and targets is None
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
 def _linear(layer: nn.Module) -> Step:
     """A plain ``nn.Linear`` bound to its parameters; any other layer kept as the module."""
     if type(layer) is nn.Linear:
@@ -235,6 +248,7 @@ __all__ = [
     "build_decode_plan",
     "build_lstm_plan",
     "lstm_step",
+    "may_use_plan",
     "next_positions",
     "planned_forward",
 ]

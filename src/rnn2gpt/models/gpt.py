@@ -23,7 +23,13 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
-from .decode_plan import DecodePlan, build_decode_plan, next_positions, planned_forward
+from .decode_plan import (
+    DecodePlan,
+    build_decode_plan,
+    may_use_plan,
+    next_positions,
+    planned_forward,
+)
 from .kv_cache import KVCache, SlotKVCache
 from .ops import dropout, gelu, sdpa
 
@@ -283,14 +289,7 @@ class GPT(nn.Module):
                 "shorten the input or keep only the most recent tokens"
             )
 
-        if (
-            state is not None
-            and not self.training
-            and recorder is None
-            and targets is None
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-        ):
+        if may_use_plan(self, state, recorder, targets):
             # Decoding: the same numbers without the module calls (models/decode_plan.py).
             plan = self._decode_plan
             if plan is None:

@@ -29,7 +29,7 @@ from ..hardware import fastpaths_enabled
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import SHORT_LSTM_CALL_STEPS, Recorder, count_parameters, register_model
 from .cells import CellState, ExplicitRecurrent, explicit_recurrence, fused_kind
-from .decode_plan import LSTMPlan, build_lstm_plan, lstm_step
+from .decode_plan import LSTMPlan, build_lstm_plan, lstm_step, may_use_plan
 
 _FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -282,14 +282,9 @@ class RecurrentLM(nn.Module):
             return self._forward_by_steps(tokens, state, recorder)
         if (
             tokens.shape[1] == 1
-            and state is not None
+            and may_use_plan(self, state, recorder, targets)
             and state.c is not None
             and state.pad_mask is None
-            and not self.training
-            and recorder is None
-            and targets is None
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
         ):
             # An LSTM decode step: the same numbers without the module calls (decode_plan.py).
             plan = self._decode_plan
