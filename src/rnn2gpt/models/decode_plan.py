@@ -15,8 +15,8 @@ layers bound to their weights, and every other layer (int8, packed, LoRA, ...) k
 module and called as usual. Training, recorders, ``targets=`` and ``forward(x, None)`` take the
 general path.
 
-The plan is resolved from the model's modules at the first such forward after
-``GPT.new_state``, so a layer replaced before a new state is always used. A model with forward
+The plan is resolved from the model's modules at the first such forward after the model's
+``new_state``, so a layer replaced before a new state is always used. A model with forward
 hooks on any module never takes this path: hooks fire as usual.
 
 The LSTM's plan covers one token per row (a decode step, a drafter's step) on the CPU: the
