@@ -148,13 +148,8 @@ def test_beam_search_matches(make_model) -> None:
 
 
 # --------------------------------------------------------------------------- the LSTM's step
-
-
-@pytest.fixture
-def lstm_fast_paths(monkeypatch):
-    """The LSTM's plan is a CPU fast path (off under RNN2GPT_FASTPATHS=off, tested below): the
-    tests of what it computes turn fast paths on, whatever the run's setting."""
-    monkeypatch.setenv("RNN2GPT_FASTPATHS", "auto")
+# The LSTM's plan is a CPU fast path (off under RNN2GPT_FASTPATHS=off, tested last): the tests of
+# what it computes take conftest's ``fastpaths_auto``, whatever the run's setting.
 
 
 def _lstm_steps(model, rows, steps: int = 5, general: bool = False, rollback: int = 0):
@@ -189,7 +184,7 @@ def _assert_same_lstm_steps(model, **kwargs) -> None:
 @pytest.mark.parametrize(
     "variant", ["plain", "adaptive", "int8", "inference-layout", "rollback", "one-layer"]
 )
-def test_lstm_step_equals_general_path(make_model, variant, lstm_fast_paths) -> None:
+def test_lstm_step_equals_general_path(make_model, variant, fastpaths_auto) -> None:
     overrides = {"arch": "lstm", "n_layer": 1 if variant == "one-layer" else 2}
     if variant == "adaptive":
         overrides["adaptive_cutoffs"] = (6,)
@@ -201,7 +196,7 @@ def test_lstm_step_equals_general_path(make_model, variant, lstm_fast_paths) -> 
     _assert_same_lstm_steps(model, rollback=3 if variant == "rollback" else 0)
 
 
-def test_lstm_rollback_trail_records_planned_steps(make_model, lstm_fast_paths) -> None:
+def test_lstm_rollback_trail_records_planned_steps(make_model, fastpaths_auto) -> None:
     model = make_model(arch="lstm")
     _, state = _lstm_steps(model, PROMPT, steps=3, rollback=3)
     _, general_state = _lstm_steps(model, PROMPT, steps=3, rollback=3, general=True)
