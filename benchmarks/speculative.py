@@ -13,8 +13,11 @@ Sections (each prints a Markdown table):
 - ``seq2seq``: prompt lookup (drafts copied from the source) on Multi30k and SciTLDR test
   inputs with the project's own encoder-decoders, greedy, batch 1.
 
-    python benchmarks/speculative.py --target T --lstm L --gpt G \\
+    python benchmarks/speculative.py --target T --lstm L --gpt G [--drafter LABEL=DIR ...] \\
         [--multi30k M --scitldr S --data ../shared/data]
+
+A drafter distilled on the target's own greedy outputs: ``rnn2gpt draft-corpus T --out C``, then
+``rnn2gpt finetune D --data C --out D2``, then ``--drafter "distilled=D2"``.
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -279,6 +282,13 @@ def main() -> None:
     parser.add_argument("--target", help="trained char GPT checkpoint (the target)")
     parser.add_argument("--lstm", help="LSTM drafter (same tokenizer)")
     parser.add_argument("--gpt", help="small GPT drafter (same tokenizer)")
+    parser.add_argument(
+        "--drafter",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="another drafter (same tokenizer), e.g. one distilled on the target's outputs",
+    )
     parser.add_argument("--multi30k", help="a Multi30k translation checkpoint")
     parser.add_argument("--scitldr", help="a SciTLDR summarization checkpoint")
     parser.add_argument("--data", default="../shared/data")
@@ -303,6 +313,11 @@ def main() -> None:
             drafters["LSTM"] = rnn2gpt.load(args.lstm)
         if args.gpt:
             drafters["small GPT"] = rnn2gpt.load(args.gpt)
+        for spec in args.drafter:
+            label, _, directory = spec.partition("=")
+            if not directory:
+                parser.error(f"--drafter takes LABEL=DIR, got {spec!r}")
+            drafters[label] = rnn2gpt.load(directory)
         for gen in drafters.values():
             target.use_draft(gen)  # the tokenizer check of `generate --draft`
         target.use_draft(None)

@@ -591,6 +591,94 @@ def detect_watermark(
     return WatermarkVerdict(detection, token_pieces(tokenizer, ids), prompt, dropped)
 
 
+@dataclass
+class DraftCorpus:
+    """What :func:`write_draft_corpus` wrote: the file, its documents and characters, the
+    tokens the target generated, and the prompts skipped for characters its tokenizer lacks."""
+
+    path: Path
+    documents: int
+    characters: int
+    generated: int
+    skipped: int
+
+
+def write_draft_corpus(
+    target: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    prompts: int = 4000,
+    prompt_length: int = 48,
+    new_tokens: int = 160,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> DraftCorpus:
+    """Write the text to distill a drafter on (``rnn2gpt draft-corpus``): the target's greedy
+    continuations of ``prompts`` prompts of ``prompt_length`` characters, each prompt followed by
+    its continuation, blank lines between (:mod:`rnn2gpt.generation.draft_corpus`).
+
+    The prompts come from ``data``, or by default from the training part of the target's own
+    training text (the validation part stays unseen). Fine-tune a drafter over the target's
+    tokenizer on the file (``rnn2gpt finetune DRAFT --data OUT``), then decode with
+    ``--draft``. The file is written atomically; an existing one is kept unless ``overwrite``.
+    """
+    from .atomic import write_text_atomic
+    from .config import SEQ2SEQ_ARCHITECTURES
+    from .data import read_text
+    from .errors import DataError
+    from .generation.draft_corpus import spread_prompts, target_documents
+
+    for name, value in (
+        ("prompts", prompts),
+        ("prompt_length", prompt_length),
+        ("new_tokens", new_tokens),
+        ("batch_size", batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    destination = Path(out).expanduser()
+    if destination.is_dir():
+        raise ConfigError(f"{destination} is a directory; give a file name for the corpus")
+    if destination.exists() and not overwrite:
+        raise ConfigError(f"{destination} already exists; pass --overwrite to replace it")
+    generator = load(target)
+    if generator.config.model.arch in SEQ2SEQ_ARCHITECTURES:
+        raise ConfigError(
+            f"{generator.directory} is an encoder-decoder; a draft corpus needs a language model "
+            "(encoder-decoders draft by prompt lookup: --prompt-lookup N)"
+        )
+    text = read_text(data) if data is not None else training_part(generator.config)
+    chosen = spread_prompts(text, prompts, prompt_length)
+    if not chosen:
+        raise DataError(
+            f"the text has fewer than {prompt_length} characters; give more text or a shorter "
+            "--prompt-length"
+        )
+    # Greedy: the drafter learns the token the target picks. A continuation ends at the target's
+    # end-of-text token, as plain decoding would end it.
+    config = GenerationConfig(temperature=0.0, max_new_tokens=new_tokens, stop_at_eos=True)
+    written = target_documents(
+        generator.model,
+        generator.tokenizer,
+        chosen,
+        config,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if not written.documents:
+        raise DataError(
+            f"none of the {len(chosen)} prompts could be encoded by {generator.directory}'s "
+            "tokenizer; give text in the target's own alphabet"
+        )
+    corpus = "\n\n".join(written.documents) + "\n"
+    write_text_atomic(destination, corpus, prefix=".draft-corpus-")
+    return DraftCorpus(
+        destination, len(written.documents), len(corpus), written.generated, written.skipped
+    )
+
+
 def training_text(config: RunConfig) -> str:
     """The training text a run read: ``data.path`` (under ``data.data_dir``) or the bundled
     corpus; DataError when it is no longer where the run found it."""
@@ -599,6 +687,15 @@ def training_text(config: RunConfig) -> str:
     if not config.data.path:
         return read_text(bundled_corpus_path())
     return read_text(resolve_data_path(config.data.path, config.data.data_dir))
+
+
+def training_part(config: RunConfig) -> str:
+    """The part of a run's training text it trained on: without a separate validation file, all
+    but the last ``data.val_fraction``, cut where the trainer cut it."""
+    text = training_text(config)
+    if config.data.val_path:
+        return text
+    return text[: int(len(text) * (1.0 - config.data.val_fraction))]
 
 
 def sample_report(

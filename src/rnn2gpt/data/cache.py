@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from ..atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def encode_cached(
 
     ids = _to_dtype(tokenizer.encode_array(text), dtype, tokenizer.vocab_size)
     try:
-        _write_atomic(ids, path)
+        write_atomic(path, ids.tofile)
     except OSError as exc:
         logger.warning(
             "cannot write the token cache in %s (%s); keeping ids in memory. Set data.cache_dir "
@@ -109,23 +110,6 @@ def _to_dtype(ids: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.ndarray:
             f"{dtype.name} for vocab_size {vocab_size}"
         )
     return np.ascontiguousarray(ids, dtype=dtype)
-
-
-def _write_atomic(ids: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ids.tofile(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
 
 
 __all__ = ["CACHE_ENV", "default_cache_dir", "encode_cached", "ids_dtype"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..errors import TokenizerError
 from .base import TOKENIZER_FILE
 
@@ -39,17 +38,9 @@ def sha256_hex(text: str) -> str:
 def write_tokenizer_file(directory: str | Path, text: str) -> Path:
     """Write ``directory/tokenizer.json`` atomically (temporary file, then rename); returns it."""
     directory = Path(directory)
+    target = directory / TOKENIZER_FILE
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / TOKENIZER_FILE
-        fd, tmp_name = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(text)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_text_atomic(target, text, prefix=".tokenizer-")
     except OSError as exc:
         raise TokenizerError(
             f"cannot write the tokenizer to {directory}: {exc.strerror or exc}; "
