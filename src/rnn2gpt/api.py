@@ -625,10 +625,10 @@ def write_draft_corpus(
     ``--draft``. The file is written atomically; an existing one is kept unless ``overwrite``.
     """
     from .atomic import write_text_atomic
-    from .config import SEQ2SEQ_ARCHITECTURES
     from .data import read_text
     from .errors import DataError
     from .generation.draft_corpus import spread_prompts, target_documents
+    from .models.seq2seq import is_seq2seq
 
     for name, value in (
         ("prompts", prompts),
@@ -644,7 +644,7 @@ def write_draft_corpus(
     if destination.exists() and not overwrite:
         raise ConfigError(f"{destination} already exists; pass --overwrite to replace it")
     generator = load(target)
-    if generator.config.model.arch in SEQ2SEQ_ARCHITECTURES:
+    if is_seq2seq(generator.model):
         raise ConfigError(
             f"{generator.directory} is an encoder-decoder; a draft corpus needs a language model "
             "(encoder-decoders draft by prompt lookup: --prompt-lookup N)"

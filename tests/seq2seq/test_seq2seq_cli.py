@@ -104,3 +104,12 @@ def test_eval_task_reports_bleu_as_json(cli_run, capsys):
 def test_translate_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["translate", str(tmp_path / "nothing"), "--input", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_draft_corpus_refuses_an_encoder_decoder(cli_run, tmp_path, capsys):
+    out = tmp_path / "corpus.txt"
+    argv = ["draft-corpus", str(cli_run / "run"), "--out", str(out)]
+    assert main([*argv, "--data", str(cli_run / "train.tgt")]) == 2
+    err = capsys.readouterr().err
+    assert "encoder-decoder" in err and "--prompt-lookup" in err and "Traceback" not in err
+    assert not out.exists()
