@@ -12,6 +12,7 @@ except :mod:`rnn2gpt.errors`.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -26,6 +27,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from .errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# Where rnn2gpt keeps what it can rebuild (token ids, compiled kernels): data.cache_dir, else
+# this variable, else ~/.cache/rnn2gpt.
+CACHE_ENV = "RNN2GPT_CACHE"
 DEFAULT_PRESET = "shakespeare-char-lstm"
 
 ARCHITECTURES = ("rnn", "lstm", "gru", "gpt")
@@ -530,6 +534,12 @@ SECTIONS: dict[str, type] = {
 
 
 # --------------------------------------------------------------------------- presets
+
+
+def default_cache_dir(cache_dir: str | os.PathLike[str] = "") -> Path:
+    """``cache_dir`` if given, else ``$RNN2GPT_CACHE``, else ``~/.cache/rnn2gpt``."""
+    chosen = str(cache_dir) or os.environ.get(CACHE_ENV, "") or "~/.cache/rnn2gpt"
+    return Path(chosen).expanduser()
 
 
 def list_presets() -> dict[str, str]:

@@ -12,6 +12,7 @@ from torch import nn
 from rnn2gpt.cli import main
 from rnn2gpt.config import ModelConfig, RunConfig, TrainConfig
 from rnn2gpt.models import build_model
+from rnn2gpt.models.avx2_int8 import avx2_int8_available, unavailable_reason
 from rnn2gpt.models.quantized import (
     KERNELS,
     Int8Linear,
@@ -48,6 +49,8 @@ def test_quantize_weight_rounds_each_row_to_its_own_scale():
 def test_int8_layers_equal_the_dequantized_fp32_layer(kernel, dtype, bias, rows, monkeypatch):
     if kernel == "int8pack" and not int8pack_available():
         pytest.skip("this PyTorch build has no torch._weight_int8pack_mm (int8 weight-only kernel)")
+    if kernel == "avx2" and not avx2_int8_available():
+        pytest.skip(f"the AVX2 int8 kernel cannot run here: {unavailable_reason()}")
     from rnn2gpt.models import quantized
 
     torch.manual_seed(0)
@@ -87,7 +90,7 @@ def test_a_kernel_that_gives_wrong_results_is_never_chosen(fastpaths_auto, monke
     def wrong(x, q, scale, bias):
         return torch.zeros(x.shape[0], q.shape[0], dtype=x.dtype)  # instantly fast, and wrong
 
-    kernels = dict(quantized._KERNEL_FUNCTIONS, int8pack=wrong, gemv=wrong)
+    kernels = dict(quantized._KERNEL_FUNCTIONS, int8pack=wrong, gemv=wrong, avx2=wrong)
     monkeypatch.setattr(quantized, "_KERNEL_FUNCTIONS", kernels)
     monkeypatch.setattr(quantized, "int8pack_available", lambda: True)
     assert choose_int8_kernel.__wrapped__(1, 64, 32, torch.float32) == "dequant"

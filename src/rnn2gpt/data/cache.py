@@ -18,10 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from ..atomic import write_atomic
+from ..config import CACHE_ENV, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "RNN2GPT_CACHE"
 _SUFFIX = ".ids"
 
 
@@ -39,12 +39,6 @@ class EncodesArrays(Protocol):
 def ids_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id: uint16 up to 65,536 ids, else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-
-
-def default_cache_dir(cache_dir: str | os.PathLike[str] = "") -> Path:
-    """``cache_dir`` if given, else ``$RNN2GPT_CACHE``, else ``~/.cache/rnn2gpt``."""
-    chosen = str(cache_dir) or os.environ.get(CACHE_ENV, "") or "~/.cache/rnn2gpt"
-    return Path(chosen).expanduser()
 
 
 def encode_cached(
