@@ -6,7 +6,10 @@ the default Shakespeare GPT (6L/192), random weights (speed only): ms per token 
 (``model(token, state)`` in a loop, nothing else), at 1 thread and at --threads, and
 ``transformers`` on the GPTs' weights.
 
-    python benchmarks/decode_overhead.py [--threads 2] [--repeats 5]
+    python benchmarks/decode_overhead.py [--threads 2] [--repeats 5] [--int8] [--only NAME]
+
+``--int8`` quantizes rnn2gpt's linear layers (``transformers`` keeps the fp32 weights); ``--only``
+runs the shapes whose name contains NAME.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from rnn2gpt.generation import generate  # noqa: E402
 from rnn2gpt.hardware import cpu_capability, cpu_model, fastpaths_mode  # noqa: E402
 from rnn2gpt.models import build_model  # noqa: E402
 from rnn2gpt.models.base import use_inference_layout  # noqa: E402
+from rnn2gpt.models.quantized import quantize_model  # noqa: E402
 
 PROMPT, NEW = 32, 128
 NANOGPT = next(config for name, config in GPT_SHAPES.items() if name.startswith("a:"))
@@ -83,10 +87,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--int8", action="store_true", help="int8 weights on rnn2gpt's side")
+    parser.add_argument("--only", default="", help="run the shapes whose name contains this")
     args = parser.parse_args()
     print(
         f"# {cpu_model()}, ATen {cpu_capability()}, fast paths {fastpaths_mode()}; "
-        f"torch {torch.__version__}; batch 1, {PROMPT}-token prompt, {NEW} new tokens\n"
+        f"torch {torch.__version__}; batch 1, {PROMPT}-token prompt, {NEW} new tokens"
+        f"{'; rnn2gpt int8 (transformers fp32)' if args.int8 else ''}\n"
     )
     print(
         "| model | threads | generate ms/token | tokens/s | bare forward ms/token | "
@@ -94,10 +101,12 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, config in SHAPES.items():
+        if args.only not in name:
+            continue
         torch.manual_seed(0)
         model = build_model(config).eval()
         hf = None if args.no_hf or config.arch != "gpt" else to_hf(model)  # the same weights
-        model = use_inference_layout(model)
+        model = use_inference_layout(quantize_model(model) if args.int8 else model)
         prompt = torch.randint(0, config.vocab_size, (PROMPT,)).tolist()
         for threads in sorted({1, args.threads}):
             torch.set_num_threads(threads)
