@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from rnn2gpt.models import avx2_int8, quantized
+from rnn2gpt.models import avx2_int8, native, quantized
 from rnn2gpt.models.avx2_int8 import avx2_int8_available, avx2_int8_gemv, unavailable_reason
 from rnn2gpt.models.quantized import Int8Linear, choose_int8_kernel, quantize_weight
 
@@ -22,8 +22,10 @@ def fresh_kernel(monkeypatch, tmp_path, fastpaths_auto):
     """A process that has not looked for the kernel yet, with its own empty cache."""
     monkeypatch.setenv("RNN2GPT_CACHE", str(tmp_path / "cache"))
     avx2_int8._kernel.cache_clear()
+    native.load_built.cache_clear()
     yield tmp_path / "cache" / "kernels"
     avx2_int8._kernel.cache_clear()
+    native.load_built.cache_clear()
 
 
 def _require_kernel():
@@ -86,26 +88,27 @@ def test_a_quantized_layer_runs_it_where_chosen(fastpaths_auto, monkeypatch):
 
 
 def test_built_once_into_the_cache_then_loaded_from_it(fresh_kernel, monkeypatch):
-    if avx2_int8._unsupported_here() is not None:
-        pytest.skip(f"the AVX2 int8 kernel cannot run here: {avx2_int8._unsupported_here()}")
+    if native.unsupported_here() is not None:
+        pytest.skip(f"the AVX2 int8 kernel cannot run here: {native.unsupported_here()}")
     builds = []
     real_run = subprocess.run
     monkeypatch.setattr(
-        avx2_int8.subprocess, "run", lambda *a, **k: builds.append(a) or real_run(*a, **k)
+        native.subprocess, "run", lambda *a, **k: builds.append(a) or real_run(*a, **k)
     )
     assert avx2_int8_available() and unavailable_reason() is None
     assert len(builds) == 1
     assert [p.suffix for p in fresh_kernel.iterdir()] == [".so"]  # no scratch file left
     avx2_int8._kernel.cache_clear()  # a new process
+    native.load_built.cache_clear()
     assert avx2_int8_available()
     assert len(builds) == 1  # the cached library, not a second build
 
 
 def test_without_a_compiler_it_says_so_and_the_others_serve(fresh_kernel, monkeypatch):
-    monkeypatch.setattr(avx2_int8, "_compiler", lambda: None)
-    monkeypatch.setattr(avx2_int8, "cpu_features", lambda: {"avx2": True})
-    monkeypatch.setattr(avx2_int8, "cpu_capability", lambda: "AVX2")
-    monkeypatch.setattr(avx2_int8.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(native, "cpu_features", lambda: {"avx2": True})
+    monkeypatch.setattr(native, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
     assert not avx2_int8_available()
     assert "no C compiler" in unavailable_reason()
     with pytest.raises(RuntimeError, match="no C compiler"):  # the machine cannot, whatever is set
@@ -122,8 +125,8 @@ def test_without_a_compiler_it_says_so_and_the_others_serve(fresh_kernel, monkey
 
 
 def test_a_failing_build_is_reported_and_leaves_no_file(fresh_kernel, monkeypatch, tmp_path):
-    if avx2_int8._unsupported_here() is not None:
-        pytest.skip(f"the AVX2 int8 kernel cannot run here: {avx2_int8._unsupported_here()}")
+    if native.unsupported_here() is not None:
+        pytest.skip(f"the AVX2 int8 kernel cannot run here: {native.unsupported_here()}")
     broken = tmp_path / "broken-cc"
     broken.write_text("#!/bin/sh\necho 'cc: internal error' >&2\nexit 1\n")
     broken.chmod(0o755)
@@ -143,13 +146,13 @@ def test_a_failing_build_is_reported_and_leaves_no_file(fresh_kernel, monkeypatc
     ],
 )
 def test_machines_it_cannot_serve_get_one_reason(fresh_kernel, monkeypatch, setting, expected):
-    monkeypatch.setattr(avx2_int8, "cpu_features", lambda: {"avx2": setting != "no_avx2"})
-    monkeypatch.setattr(avx2_int8, "_has_fma", lambda: True)
+    monkeypatch.setattr(native, "cpu_features", lambda: {"avx2": setting != "no_avx2"})
+    monkeypatch.setattr(native, "_has_fma", lambda: True)
     monkeypatch.setattr(
-        avx2_int8, "cpu_capability", lambda: "DEFAULT" if setting == "capability" else "AVX2"
+        native, "cpu_capability", lambda: "DEFAULT" if setting == "capability" else "AVX2"
     )
     monkeypatch.setattr(
-        avx2_int8.platform, "machine", lambda: "aarch64" if setting == "arm" else "x86_64"
+        native.platform, "machine", lambda: "aarch64" if setting == "arm" else "x86_64"
     )
     assert not avx2_int8_available()
     assert expected in unavailable_reason()

@@ -1,4 +1,9 @@
-"""The GPT's flattened decoding forward (models/decode_plan.py) gives GPT.forward's numbers."""
+"""The GPT's flattened decoding forward (models/decode_plan.py) gives GPT.forward's numbers.
+
+These hold the plan's PyTorch path to the general path exactly, so the one-token step in C
+(which sums in another order) is kept out here; tests/models/test_models_native_step.py holds
+it to both within float rounding.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,16 @@ import torch
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.generation import generate
+from rnn2gpt.models import decode_plan
 from rnn2gpt.models.base import use_inference_layout
 from rnn2gpt.models.lora import apply_lora
 from rnn2gpt.models.quantized import quantize_model
+
+
+@pytest.fixture(autouse=True)
+def pytorch_steps_only(monkeypatch):
+    monkeypatch.setattr(decode_plan, "build_native_step", lambda model: None)
+
 
 PROMPT = [[1, 5, 2, 7, 3, 3, 9], [4, 4, 8, 1, 0, 2, 6], [12, 11, 10, 9, 8, 7, 6]]
 

@@ -53,6 +53,8 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
 from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
+from .native_step import MAX_ROWS as NATIVE_MAX_ROWS
+from .native_step import unavailable_reason as native_step_unavailable
 from .quantized import int8_paths
 
 Recorder = Callable[[str, torch.Tensor], None]
@@ -251,8 +253,8 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
 def decoding_paths(measure: bool = False) -> dict[str, str]:
     """Which fast paths :func:`use_inference_layout` and the recurrent models take here, and why.
 
-    Keys: ``layout``, ``packed_fp32``, ``packed_bf16``, ``lstm_short_calls``, ``int8``; each value
-    is one phrase (what runs, then why), for ``rnn2gpt doctor`` and logs. ``measure`` times the
+    Keys: ``layout``, ``packed_fp32``, ``packed_bf16``, ``lstm_short_calls``, ``gpt_step``,
+    ``int8``; each value is one phrase (what runs, then why), for ``rnn2gpt doctor`` and logs. ``measure`` times the
     int8 kernels (seconds).
     """
     if not fastpaths_enabled():
@@ -262,6 +264,7 @@ def decoding_paths(measure: bool = False) -> dict[str, str]:
             "packed_fp32": off,
             "packed_bf16": off,
             "lstm_short_calls": "nn.LSTM as PyTorch dispatches it (RNN2GPT_FASTPATHS=off)",
+            "gpt_step": "PyTorch operations (RNN2GPT_FASTPATHS=off)",
             "int8": int8_paths(),
         }
     paths = {"layout": "column-major fp32 linear weights (faster batch-1 reads)"}
@@ -277,6 +280,14 @@ def decoding_paths(measure: bool = False) -> dict[str, str]:
             paths[name] = "plain nn.Linear (oneDNN cannot pack this dtype here)"
     paths["lstm_short_calls"] = (
         f"torch.lstm_cell steps for calls under {SHORT_LSTM_CALL_STEPS} steps (no oneDNN kernel build)"
+    )
+    reason = native_step_unavailable()
+    paths["gpt_step"] = (
+        f"one C call a token for fp32 GPTs at up to {NATIVE_MAX_ROWS} rows, on 1 or all threads, "
+        "where it measures faster than PyTorch's operations (timed per shape and row count at "
+        "first use)"
+        if reason is None
+        else f"PyTorch operations (the C step cannot run: {reason})"
     )
     paths["int8"] = int8_paths(measure)
     return paths

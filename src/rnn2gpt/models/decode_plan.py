@@ -28,6 +28,8 @@ for short calls, ``rnn.lstm_by_cell_steps``) and the output layer.
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -40,11 +42,14 @@ from ..hardware import fastpaths_enabled
 from .adaptive import lm_output
 from .base import per_token
 from .kv_cache import KVCache, SlotKVCache
+from .native_step import NativeStep, build_native_step
 from .ops import gelu, sdpa
 
 if TYPE_CHECKING:
     from .gpt import GPT
     from .rnn import RecurrentLM, RNNState
+
+logger = logging.getLogger(__name__)
 
 Step = Callable[[Tensor], Tensor]
 
@@ -74,6 +79,7 @@ class DecodePlan(NamedTuple):
     ln_f: Step | None = None
     head: Step | None = None  # hidden (B*T, C) -> logits (B*T, V), or the adaptive output
     n_head: int = 0
+    native: NativeStep | None = None  # the one-token step in C, where it can run
 
 
 class LSTMPlan(NamedTuple):
@@ -153,6 +159,7 @@ def build_decode_plan(model: GPT) -> DecodePlan:
         _layer_norm(tr.ln_f),
         _output(model, model.lm_head),
         model.config.n_head,
+        build_native_step(model),
     )
 
 
@@ -215,6 +222,74 @@ def next_positions(table: Tensor, cache: KVCache | SlotKVCache, steps: int) -> T
     return F.embedding(per_row, table)
 
 
+# The C step's choice per (model shape, rows, threads allowed), timed once per process:
+# {key: threads for the C step, 0 for the PyTorch path}.
+_NATIVE_CHOICE: dict[tuple[object, ...], int] = {}
+_TIMED_STEPS = 4  # steps per timing, three timings per candidate, alternating
+_TIMED_PREFILL = 8
+
+
+def native_threads(plan: DecodePlan, rows: int) -> int:
+    """How many threads the C step should use for this model's shape at ``rows`` rows, or 0
+    where the plan's PyTorch path is faster on this machine.
+
+    The candidates (PyTorch; C on one thread; C on ``torch.get_num_threads()``) are timed once
+    per process on a scratch cache (tens of milliseconds), then remembered. Measured on an AMD
+    EPYC at 2 threads, one row: the default 6L/192 GPT took 2.2-2.9 ms a step in PyTorch, 0.5-1.1
+    in C on one thread and 0.3-0.4 on two (its 10.6 MB of weights stream from beyond the core's
+    caches, and two cores read them faster); the nanoGPT size, whose weights fit one core's
+    cache, was faster on one thread.
+    """
+    assert plan.native is not None and plan.layers is not None and plan.positions is not None
+    allowed = torch.get_num_threads()
+    key = (*plan.native.signature, rows, allowed)
+    known = _NATIVE_CHOICE.get(key)
+    if known is not None:
+        return known
+    candidates = sorted({1, allowed})
+    block_size, width = plan.positions.shape
+    steps = 3 * (len(candidates) + 1) * _TIMED_STEPS
+    prefill = min(_TIMED_PREFILL, block_size - steps)
+    if prefill < 1:  # a toy context: nothing to time, and no step is more than overhead
+        _NATIVE_CHOICE[key] = 1
+        return 1
+    pytorch_plan = plan._replace(native=None)
+    cache = KVCache.allocate(
+        len(plan.layers),
+        rows,
+        plan.n_head,
+        width // plan.n_head,
+        prefill + steps,
+        dtype=torch.float32,
+        device=plan.positions.device,
+    )
+    # Fixed token ids: the timing must not draw from the global random generator.
+    planned_forward(pytorch_plan, torch.zeros(rows, prefill, dtype=torch.long), cache)
+    token = torch.zeros(rows, 1, dtype=torch.long)
+    paths = {0: functools.partial(planned_forward, pytorch_plan)}
+    for threads in candidates:
+        paths[threads] = functools.partial(plan.native, threads=threads)
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(3):
+        for threads, step in paths.items():
+            start = time.perf_counter()
+            for _ in range(_TIMED_STEPS):
+                step(token, cache)
+            best[threads] = min(best[threads], time.perf_counter() - start)
+    chosen = min(best, key=best.__getitem__)
+    logger.info(
+        "GPT decode step at %d row(s): %s (%s ms a step)",
+        rows,
+        f"C on {chosen} thread(s)" if chosen else "PyTorch",
+        ", ".join(
+            f"{'C on ' + str(t) if t else 'PyTorch'} {seconds * 1e3 / _TIMED_STEPS:.3f}"
+            for t, seconds in best.items()
+        ),
+    )
+    _NATIVE_CHOICE[key] = chosen
+    return chosen
+
+
 def planned_forward(plan: DecodePlan, tokens: Tensor, cache: KVCache | SlotKVCache) -> Tensor:
     """tokens (B, T) -> logits (B, T, V); appends to ``cache`` and advances it T slots.
 
@@ -222,6 +297,10 @@ def planned_forward(plan: DecodePlan, tokens: Tensor, cache: KVCache | SlotKVCac
     identity there), so the same numbers.
     """
     batch, steps = tokens.shape
+    if plan.native is not None and plan.native.accepts(tokens, cache):
+        threads = native_threads(plan, batch)
+        if threads:
+            return plan.native(tokens, cache, threads)
     x = plan.embed(tokens) + next_positions(plan.positions, cache, steps)  # (B, T, C)
     width = x.shape[-1]
     heads = plan.n_head

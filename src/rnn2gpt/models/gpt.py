@@ -186,6 +186,13 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
 
+    def __getstate__(self) -> dict[str, object]:
+        """The module without its decode plan: the plan is bound to this model's own tensors
+        (the C step to their addresses), so a copy or a pickle builds its own at its next state."""
+        state = self.__dict__.copy()
+        state["_decode_plan"] = None
+        return state
+
     @staticmethod
     def _init_module(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

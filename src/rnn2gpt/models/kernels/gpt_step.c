@@ -1,0 +1,471 @@
+/* One decode step of a GPT (one new token per row) for x86 CPUs with AVX2 and FMA.
+ *
+ * The same arithmetic as rnn2gpt.models.decode_plan.planned_forward for one token per row, in
+ * evaluation mode (dropout is the identity), written as one C call: on a small model the ~100
+ * PyTorch operations of a step cost more in dispatch than in arithmetic (the default 6L/192 GPT
+ * reads 10.6 MB of weights and does 5.3 MFLOP a token).
+ *
+ *   x = wte[token] + positions[position]
+ *   per layer: x += c_proj(attention(c_attn(ln_1(x))));  x += mlp_proj(gelu(c_fc(ln_2(x))))
+ *   logits = head(ln_f(x))
+ *
+ * Weights are float32, (out, in) as nn.Linear stores them, either as rows or transposed (the
+ * column-major layout of use_inference_layout); any bias or LayerNorm weight may be NULL
+ * (bias=False, no affine). Keys and values are the KV cache's buffers, (B, H, capacity, D) per
+ * layer: the new token's key and value are written at slot slots[b] of row b, which then attends
+ * to its slots 0..slots[b] (those marked in valid (B, capacity), when given: left padding).
+ * Rows never mix, and a row's arithmetic does not depend on the other rows or the thread count.
+ *
+ * Threads: a step's weights come from beyond the core's own caches (10.6 MB against 0.5-2 MB of
+ * L2), and one core cannot keep enough reads in flight to use the memory bandwidth: measured on
+ * an AMD EPYC, the 24 products of the default GPT took 325-450 us on one core and 168-175 us split
+ * over two. So the products, the attention heads and the GELU are split over ``threads`` parts:
+ * the caller's thread and workers of a small pool that spin for a millisecond after each part
+ * (a decode loop's next step comes sooner than that) and then sleep.
+ *
+ * Compiled by rnn2gpt.models.native with -O3 -mavx2 -mfma.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* An (out, in) weight as nn.Linear or nn.Embedding holds it: rows (out, in) contiguous, or
+ * transposed, the (in, out) buffer that use_inference_layout gives fp32 linear layers. */
+typedef struct {
+    const float *data;
+    int64_t transposed;
+} Matrix;
+
+typedef struct {
+    const float *ln1_w, *ln1_b;
+    Matrix attn;
+    const float *attn_b;
+    Matrix proj;
+    const float *proj_b;
+    const float *ln2_w, *ln2_b;
+    Matrix fc;
+    const float *fc_b;
+    Matrix mlp_proj;
+    const float *mlp_proj_b;
+} GptLayer;
+
+typedef struct {
+    int64_t n_layer, width, n_head, inner, vocab, gelu_tanh;
+    double eps;
+    Matrix wte;       /* (vocab, width) */
+    Matrix positions; /* (block_size, width): learned or fixed */
+    const float *lnf_w, *lnf_b;
+    Matrix head; /* (vocab, width) */
+    const float *head_b;
+    const GptLayer *layers; /* n_layer of them */
+} GptWeights;
+
+/* ------------------------------------------------------------------ the worker pool */
+
+#define MAX_THREADS 64
+#define SPIN_NANOSECONDS 1000000 /* a worker spins this long for the next part, then sleeps */
+
+typedef void (*Task)(const void *context, int64_t part, int64_t parts);
+
+static struct {
+    pthread_mutex_t busy; /* one step at a time uses the workers; others run on one thread */
+    pthread_mutex_t lock; /* guards the sleep of workers and their creation */
+    pthread_cond_t wake;
+    int64_t started;                /* workers running: parts 1..started */
+    int64_t first_seen[MAX_THREADS]; /* the generation each worker was started at */
+    _Atomic int64_t generation;     /* bumped once per parallel run */
+    _Atomic int64_t pending;        /* parts of the current run not finished by workers */
+    _Atomic int64_t sleepers;
+    Task task;
+    const void *context;
+    int64_t parts;
+} pool = {
+    .busy = PTHREAD_MUTEX_INITIALIZER,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+};
+
+static int64_t nanoseconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Wait until the generation moves past seen: spin first, then sleep. */
+static int64_t next_generation(int64_t seen) {
+    int64_t deadline = 0;
+    for (int64_t spins = 1;; spins++) {
+        int64_t now = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        if (now != seen) return now;
+        _mm_pause();
+        if ((spins & 1023) == 0) {
+            if (deadline == 0)
+                deadline = nanoseconds() + SPIN_NANOSECONDS;
+            else if (nanoseconds() > deadline)
+                break;
+        }
+    }
+    pthread_mutex_lock(&pool.lock);
+    atomic_fetch_add(&pool.sleepers, 1); /* seq_cst: the runner sees it, or we see its bump */
+    int64_t now;
+    while ((now = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    atomic_fetch_sub(&pool.sleepers, 1);
+    pthread_mutex_unlock(&pool.lock);
+    return now;
+}
+
+static void *worker(void *argument) {
+    const int64_t part = (int64_t)(intptr_t)argument;
+    int64_t seen = pool.first_seen[part];
+    for (;;) {
+        seen = next_generation(seen);
+        if (part < pool.parts) {
+            pool.task(pool.context, part, pool.parts);
+            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        }
+    }
+    return NULL;
+}
+
+static void forget_workers_after_fork(void) {
+    /* A forked child has the parent's memory but none of its threads. */
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.started = 0;
+    atomic_store(&pool.sleepers, 0);
+}
+
+/* Start workers until parts 1..wanted-1 have one; returns how many parts can run. */
+static int64_t ensure_workers(int64_t wanted) {
+    static int fork_handler = 0;
+    if (!fork_handler) {
+        pthread_atfork(NULL, NULL, forget_workers_after_fork);
+        fork_handler = 1;
+    }
+    pthread_mutex_lock(&pool.lock);
+    while (pool.started + 1 < wanted) {
+        int64_t part = pool.started + 1;
+        pool.first_seen[part] = atomic_load(&pool.generation);
+        pthread_t thread;
+        pthread_attr_t attributes;
+        pthread_attr_init(&attributes);
+        pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attributes, worker, (void *)(intptr_t)part);
+        pthread_attr_destroy(&attributes);
+        if (failed) break;
+        pool.started = part;
+    }
+    int64_t available = pool.started + 1;
+    pthread_mutex_unlock(&pool.lock);
+    return available < wanted ? available : wanted;
+}
+
+/* task(context, p, parts) for p = 0..parts-1, part 0 on the calling thread. */
+static void run_parts(Task task, const void *context, int64_t parts) {
+    if (parts <= 1) {
+        task(context, 0, 1);
+        return;
+    }
+    pool.task = task;
+    pool.context = context;
+    pool.parts = parts;
+    atomic_store_explicit(&pool.pending, parts - 1, memory_order_relaxed);
+    atomic_fetch_add(&pool.generation, 1); /* seq_cst: publishes the fields above */
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    task(context, 0, parts);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) _mm_pause();
+}
+
+/* Units [begin, end) of part ``part`` when ``units`` are shared by ``parts`` evenly. */
+static void share(int64_t units, int64_t part, int64_t parts, int64_t *begin, int64_t *end) {
+    *begin = units * part / parts;
+    *end = units * (part + 1) / parts;
+}
+
+/* ------------------------------------------------------------------ arithmetic */
+
+static inline float sum_lanes(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = sum_lanes(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void store(float *y, float value, int add) { *y = add ? *y + value : value; }
+
+/* Outputs [begin, end) of y (rows, n) = x (rows, k) . w (n, k)^T + b on the row layout; with add,
+ * y += that instead (the residual). Four outputs at a time: each load of x serves four weight
+ * rows, which stay in L1 while every row of x passes over them. */
+static void linear_rows(const float *x, int64_t rows, int64_t k, const float *w, const float *b,
+                        int64_t n, float *y, int add, int64_t begin, int64_t end) {
+    int64_t o = begin;
+    for (; o + 4 <= end; o += 4) {
+        const float *w0 = w + o * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * k;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            int64_t i = 0;
+            for (; i + 8 <= k; i += 8) {
+                __m256 xv = _mm256_loadu_ps(xr + i);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
+            }
+            float s[4] = {sum_lanes(a0), sum_lanes(a1), sum_lanes(a2), sum_lanes(a3)};
+            for (; i < k; i++) {
+                s[0] += xr[i] * w0[i];
+                s[1] += xr[i] * w1[i];
+                s[2] += xr[i] * w2[i];
+                s[3] += xr[i] * w3[i];
+            }
+            for (int j = 0; j < 4; j++) store(y + r * n + o + j, s[j] + (b ? b[o + j] : 0.0f), add);
+        }
+    }
+    for (; o < end; o++) /* the last 1-3 outputs */
+        for (int64_t r = 0; r < rows; r++)
+            store(y + r * n + o, dot(x + r * k, w + o * k, k) + (b ? b[o] : 0.0f), add);
+}
+
+static inline void finish(float *y, __m256 acc, const float *b, int add) {
+    if (b) acc = _mm256_add_ps(acc, _mm256_loadu_ps(b));
+    _mm256_storeu_ps(y, add ? _mm256_add_ps(_mm256_loadu_ps(y), acc) : acc);
+}
+
+/* The same on the transposed (k, n) buffer: each x[i] scales a row of n weights, so the outputs
+ * sit in eight vector accumulators (64 at a time) and no lane sums are needed. */
+static void linear_transposed(const float *x, int64_t rows, int64_t k, const float *wt,
+                              const float *b, int64_t n, float *y, int add, int64_t begin,
+                              int64_t end) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * k;
+        float *yr = y + r * n;
+        int64_t o = begin;
+        for (; o + 64 <= end; o += 64) {
+            __m256 a[8];
+            for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < k; i++) {
+                const __m256 xv = _mm256_set1_ps(xr[i]);
+                const float *row = wt + i * n + o;
+                for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(row + 8 * j), xv, a[j]);
+            }
+            for (int j = 0; j < 8; j++) finish(yr + o + 8 * j, a[j], b ? b + o + 8 * j : NULL, add);
+        }
+        for (; o + 8 <= end; o += 8) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t i = 0; i < k; i++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i * n + o), _mm256_set1_ps(xr[i]), acc);
+            finish(yr + o, acc, b ? b + o : NULL, add);
+        }
+        for (; o < end; o++) { /* the last 1-7 outputs */
+            float s = 0.0f;
+            for (int64_t i = 0; i < k; i++) s += xr[i] * wt[i * n + o];
+            store(yr + o, s + (b ? b[o] : 0.0f), add);
+        }
+    }
+}
+
+/* GELU of x[begin, end) of each of rows rows of width n, in place: 1 = erf (exact), 2 = tanh. */
+static void gelu(float *x, int64_t rows, int64_t n, int64_t begin, int64_t end, int form) {
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = begin; i < end; i++) {
+            float v = x[r * n + i];
+            x[r * n + i] = form == 2 ? 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)))
+                                     : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        }
+}
+
+typedef struct {
+    const float *x;
+    int64_t rows, k;
+    Matrix w;
+    const float *b;
+    int64_t n;
+    float *y;
+    int add;
+    int gelu; /* 0: none, 1: erf, 2: tanh, applied to the outputs */
+} LinearTask;
+
+/* The outputs go to parts in whole blocks: 64 on the transposed layout, 4 on rows. */
+static int64_t output_block(Matrix w) { return w.transposed ? 64 : 4; }
+
+static void linear_part(const void *context, int64_t part, int64_t parts) {
+    const LinearTask *t = context;
+    int64_t unit = output_block(t->w), blocks = (t->n + unit - 1) / unit, begin, end;
+    share(blocks, part, parts, &begin, &end);
+    begin *= unit;
+    end = end * unit < t->n ? end * unit : t->n;
+    if (begin >= end) return;
+    if (t->w.transposed)
+        linear_transposed(t->x, t->rows, t->k, t->w.data, t->b, t->n, t->y, t->add, begin, end);
+    else
+        linear_rows(t->x, t->rows, t->k, t->w.data, t->b, t->n, t->y, t->add, begin, end);
+    if (t->gelu) gelu(t->y, t->rows, t->n, begin, end, t->gelu);
+}
+
+/* y (rows, n) = x (rows, k) . w^T + b for an (n, k) weight in either layout; add: y += that;
+ * then the GELU of the outputs if asked. */
+static void linear(const float *x, int64_t rows, int64_t k, Matrix w, const float *b, int64_t n,
+                   float *y, int add, int gelu_form, int64_t threads) {
+    LinearTask task = {x, rows, k, w, b, n, y, add, gelu_form};
+    int64_t blocks = (n + output_block(w) - 1) / output_block(w);
+    run_parts(linear_part, &task, threads < blocks ? threads : blocks);
+}
+
+/* Row ``index`` of an (n, width) matrix into out (width). */
+static void gather_row(Matrix m, int64_t n, int64_t width, int64_t index, float *out) {
+    for (int64_t i = 0; i < width; i++)
+        out[i] = m.transposed ? m.data[i * n + index] : m.data[index * width + i];
+}
+
+/* y (rows, n) = LayerNorm(x) with the biased variance, as torch.layer_norm. */
+static void layer_norm(const float *x, int64_t rows, int64_t n, const float *w, const float *b,
+                       double eps, float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double mean = 0.0, var = 0.0;
+        for (int64_t i = 0; i < n; i++) mean += xr[i];
+        mean /= (double)n;
+        for (int64_t i = 0; i < n; i++) {
+            double d = xr[i] - mean;
+            var += d * d;
+        }
+        var /= (double)n;
+        float rstd = (float)(1.0 / sqrt(var + eps)), m = (float)mean;
+        for (int64_t i = 0; i < n; i++) {
+            float v = (xr[i] - m) * rstd;
+            yr[i] = (w ? v * w[i] : v) + (b ? b[i] : 0.0f);
+        }
+    }
+}
+
+/* One row, one head: q (D) over keys/values (capacity, D) at slots 0..last (valid ones, and the
+ * query's own) -> out (D). scores: scratch of capacity floats. */
+static void attend(const float *q, const float *keys, const float *values, const uint8_t *valid,
+                   int64_t last, int64_t dim, float *scores, float *out) {
+    const float scale = 1.0f / sqrtf((float)dim);
+    float best = -INFINITY;
+    for (int64_t s = 0; s <= last; s++) {
+        if (valid && !valid[s] && s != last) continue; /* a query always sees itself */
+        scores[s] = dot(q, keys + s * dim, dim) * scale;
+        if (scores[s] > best) best = scores[s];
+    }
+    float total = 0.0f;
+    for (int64_t d = 0; d < dim; d++) out[d] = 0.0f;
+    for (int64_t s = 0; s <= last; s++) {
+        if (valid && !valid[s] && s != last) continue;
+        float p = expf(scores[s] - best);
+        total += p;
+        const float *vs = values + s * dim;
+        __m256 pv = _mm256_set1_ps(p);
+        int64_t d = 0;
+        for (; d + 8 <= dim; d += 8)
+            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(pv, _mm256_loadu_ps(vs + d), _mm256_loadu_ps(out + d)));
+        for (; d < dim; d++) out[d] += p * vs[d];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < dim; d++) out[d] *= inv;
+}
+
+typedef struct {
+    const float *qkv; /* (B, 3C) */
+    float *keys, *values; /* this layer's (B, H, capacity, D) */
+    const uint8_t *valid;
+    const int64_t *slots;
+    int64_t batch, heads, dim, capacity;
+    float *scores; /* capacity floats per part */
+    float *out;    /* (B, C) */
+} AttentionTask;
+
+/* (row, head) pairs [begin, end) of this part: store the new key and value, then attend. */
+static void attention_part(const void *context, int64_t part, int64_t parts) {
+    const AttentionTask *t = context;
+    const int64_t C = t->heads * t->dim, D = t->dim;
+    int64_t begin, end;
+    share(t->batch * t->heads, part, parts, &begin, &end);
+    for (int64_t pair = begin; pair < end; pair++) {
+        int64_t r = pair / t->heads, head = pair % t->heads, slot = t->slots[r];
+        const float *q = t->qkv + r * 3 * C + head * D, *k = q + C, *v = k + C;
+        size_t base = (size_t)(pair * t->capacity) * (size_t)D;
+        float *kc = t->keys + base, *vc = t->values + base;
+        for (int64_t d = 0; d < D; d++) {
+            kc[slot * D + d] = k[d];
+            vc[slot * D + d] = v[d];
+        }
+        attend(q, kc, vc, t->valid ? t->valid + r * t->capacity : NULL, slot, D,
+               t->scores + part * t->capacity, t->out + r * C + head * D);
+    }
+}
+
+/* tokens (B), positions (B) and slots (B) per row; valid (B, capacity) or NULL; keys[l] and
+ * values[l] (B, H, capacity, D); block_size: the rows of the position table; logits (B, vocab);
+ * threads: how many parts to split the work into (1: the calling thread only).
+ * Returns 0, or -1 if out of memory. */
+int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, const int64_t *tokens,
+                     const int64_t *positions, const int64_t *slots, const uint8_t *valid,
+                     float *const *keys, float *const *values, int64_t capacity,
+                     int64_t block_size, float *logits, int64_t threads) {
+    const int64_t C = m->width, H = m->n_head, D = C / H, F = m->inner;
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    int own_pool = threads > 1 && pthread_mutex_trylock(&pool.busy) == 0;
+    if (own_pool)
+        threads = ensure_workers(threads);
+    else
+        threads = 1; /* another thread's step holds the workers */
+    float *buffer = malloc(sizeof(float) * (size_t)(batch * (C * 6 + F) + threads * capacity));
+    if (!buffer) {
+        if (own_pool) pthread_mutex_unlock(&pool.busy);
+        return -1;
+    }
+    float *x = buffer, *h = x + batch * C, *qkv = h + batch * C, *att = qkv + batch * 3 * C;
+    float *hidden = att + batch * C, *scores = hidden + batch * F;
+    const int form = m->gelu_tanh ? 2 : 1;
+
+    for (int64_t r = 0; r < batch; r++) {
+        gather_row(m->wte, m->vocab, C, tokens[r], x + r * C);
+        gather_row(m->positions, block_size, C, positions[r], h + r * C);
+        for (int64_t i = 0; i < C; i++) x[r * C + i] += h[r * C + i];
+    }
+    for (int64_t l = 0; l < m->n_layer; l++) {
+        const GptLayer *L = m->layers + l;
+        layer_norm(x, batch, C, L->ln1_w, L->ln1_b, m->eps, h);
+        linear(h, batch, C, L->attn, L->attn_b, 3 * C, qkv, 0, 0, threads);
+        AttentionTask attention = {qkv, keys[l], values[l], valid, slots, batch, H, D, capacity, scores, att};
+        run_parts(attention_part, &attention, threads < batch * H ? threads : batch * H);
+        linear(att, batch, C, L->proj, L->proj_b, C, x, 1, 0, threads);
+        layer_norm(x, batch, C, L->ln2_w, L->ln2_b, m->eps, h);
+        linear(h, batch, C, L->fc, L->fc_b, F, hidden, 0, form, threads);
+        linear(hidden, batch, F, L->mlp_proj, L->mlp_proj_b, C, x, 1, 0, threads);
+    }
+    layer_norm(x, batch, C, m->lnf_w, m->lnf_b, m->eps, h);
+    linear(h, batch, C, m->head, m->head_b, m->vocab, logits, 0, 0, threads);
+    free(buffer);
+    if (own_pool) pthread_mutex_unlock(&pool.busy);
+    return 0;
+}
