@@ -27,12 +27,12 @@ def c_steps(monkeypatch, fastpaths_auto):
     reason = native.load_built(native_step.KERNEL)[1]
     if reason is not None:
         pytest.skip(f"the C decode step cannot run here: {reason}")
-    monkeypatch.setattr(decode_plan, "native_threads", lambda plan, rows: 2)
+    monkeypatch.setattr(decode_plan, "native_threads", lambda plan, rows, steps=1: 2)
     calls = []
     real_call = NativeStep.__call__
 
     def counted(self, tokens, cache, threads=1):
-        calls.append(tokens.shape[0])
+        calls.append(tuple(tokens.shape))
         return real_call(self, tokens, cache, threads)
 
     monkeypatch.setattr(NativeStep, "__call__", counted)
@@ -66,7 +66,9 @@ def _decode(model, rows, steps=6, general=False, pad_mask=None, slots=False):
 
 def _assert_close_to_general(model, calls, rows=PROMPT, steps=6, **kwargs):
     fast = _decode(model, rows, steps=steps, **kwargs)
-    assert calls == [len(rows)] * steps, "every single-token step ran in C"
+    batch = len(rows)
+    expected = [(batch, t) for t in (len(rows[0]), 3) if batch * t <= MAX_ROWS]
+    assert calls == expected + [(batch, 1)] * steps, "every call of a few tokens ran in C"
     general = _decode(model, rows, steps=steps, general=True, **kwargs)
     torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
 
@@ -91,6 +93,13 @@ def test_c_step_equals_general_path(make_model, c_steps, overrides, layout):
     if layout == "inference-layout":  # column-major linear weights, the tied embedding too
         use_inference_layout(model)
         assert not model.transformer.h[0].attn.c_attn.weight.is_contiguous()
+    _assert_close_to_general(model, c_steps)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bias": False}, {"n_embd": 20, "n_head": 4}])
+def test_int8_weights_run_in_c_too(make_model, c_steps, overrides):
+    model = quantize_model(make_model(**overrides))
+    assert native_step._ineligible(model) is None
     _assert_close_to_general(model, c_steps)
 
 
@@ -122,15 +131,25 @@ def test_a_row_does_not_depend_on_its_neighbours(make_model, c_steps):
         token = torch.tensor([[3], [5], [7]])
         together_logits, state = model(token, state)
         alone_logits, alone = model(token[1:2], alone)
-    assert c_steps == [3, 1]
+    assert c_steps == [(3, 1), (1, 1)]
     assert torch.equal(together_logits[1:2], alone_logits)
     assert all(torch.equal(a[1:2], b) for a, b in zip(state.keys, alone.keys, strict=True))
 
 
-def test_more_rows_than_it_takes_run_in_pytorch(make_model, c_steps):
+def test_more_tokens_than_it_takes_run_in_pytorch(make_model, c_steps):
     rows = (PROMPT * 3)[: MAX_ROWS + 1]
     _decode(make_model(), rows)
     assert c_steps == []
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_a_prompt_and_a_speculative_check_of_several_tokens(make_model, c_steps, pad):
+    """T > 1 tokens per row in one call: causal among themselves, over the cache before them."""
+    model = make_model(n_embd=96, n_head=3, vocab_size=70)
+    rows = [PROMPT[0][:4], PROMPT[1][:4]]
+    pad_mask = torch.tensor([[False, True, True, True], [True] * 4]) if pad else None
+    _assert_close_to_general(model, c_steps, rows=rows, steps=2, pad_mask=pad_mask)
+    assert (2, 4) in c_steps and (2, 3) in c_steps
 
 
 def test_greedy_tokens_equal_the_general_path(make_model, c_steps):
@@ -139,7 +158,7 @@ def test_greedy_tokens_equal_the_general_path(make_model, c_steps):
         max_new_tokens=24, min_new_tokens=24, stop_at_eos=False, temperature=0.0
     )
     fast = generate(model, [PROMPT[0]], config)
-    assert len(c_steps) >= 20
+    assert len(c_steps) >= 20 and (1, 7) in c_steps  # the prompt too
     handle = model.register_forward_pre_hook(lambda module, args: None)
     try:
         general = generate(model, [PROMPT[0]], config)
@@ -151,17 +170,14 @@ def test_greedy_tokens_equal_the_general_path(make_model, c_steps):
 @pytest.mark.parametrize(
     "transform, reason",
     [
-        ("int8", "replaced"),
-        ("lora", "quantized, LoRA or other"),
+        ("lora", "LoRA or other"),
         ("bf16", "not float32"),
         ("adaptive", "adaptive output"),
     ],
 )
 def test_models_it_cannot_run_keep_the_pytorch_step(make_model, c_steps, transform, reason):
     model = make_model(adaptive_cutoffs=(6,)) if transform == "adaptive" else make_model()
-    if transform == "int8":
-        quantize_model(model)
-    elif transform == "lora":
+    if transform == "lora":
         apply_lora(model, rank=2, alpha=4.0)
     elif transform == "bf16":
         model.to(torch.bfloat16)
@@ -221,8 +237,36 @@ def test_the_choice_is_timed_once_and_draws_no_random_numbers(make_model, fastpa
         first = decode_plan.native_threads(plan, 2)
     assert torch.equal(torch.rand(3), expected)  # the global generator did not move
     assert first in (0, 1, torch.get_num_threads())
-    key = (*plan.native.signature, 2, torch.get_num_threads())
+    key = (*plan.native.signature, 2, 1, torch.get_num_threads())
     assert decode_plan._NATIVE_CHOICE[key] == first
     decode_plan._NATIVE_CHOICE[key] = 7  # a remembered answer is not timed again
     assert decode_plan.native_threads(plan, 2) == 7
     decode_plan._NATIVE_CHOICE.clear()
+
+
+def test_two_threads_decoding_at_once_get_their_own_numbers(make_model, c_steps):
+    """The server decodes from several Python threads: each call keeps its own cache and
+    numbers (one of them gets the kernel's workers, the other runs on its own thread)."""
+    import threading
+
+    model = make_model(n_embd=96, n_head=3, vocab_size=70)
+
+    def decode(row: list[int], out: list) -> None:
+        with torch.inference_mode():
+            state = model.new_state(1)
+            logits, state = model(torch.tensor([row]), state)
+            for step in range(20):
+                logits, state = model(torch.tensor([[(row[0] + step) % 70]]), state)
+                out.append(logits)
+
+    alone = {i: [] for i in range(2)}
+    for i in range(2):
+        decode(PROMPT[i], alone[i])
+    together = {i: [] for i in range(2)}
+    workers = [threading.Thread(target=decode, args=(PROMPT[i], together[i])) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for i in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(alone[i], together[i], strict=True))

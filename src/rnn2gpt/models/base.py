@@ -52,9 +52,9 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
-from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
 from .native_step import MAX_ROWS as NATIVE_MAX_ROWS
 from .native_step import unavailable_reason as native_step_unavailable
+from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
 from .quantized import int8_paths
 
 Recorder = Callable[[str, torch.Tensor], None]
@@ -283,9 +283,9 @@ def decoding_paths(measure: bool = False) -> dict[str, str]:
     )
     reason = native_step_unavailable()
     paths["gpt_step"] = (
-        f"one C call a token for fp32 GPTs at up to {NATIVE_MAX_ROWS} rows, on 1 or all threads, "
-        "where it measures faster than PyTorch's operations (timed per shape and row count at "
-        "first use)"
+        f"one C call for up to {NATIVE_MAX_ROWS} new tokens of a GPT (fp32 or int8 weights), on "
+        "1 or all threads, where it measures faster than PyTorch's operations (timed per shape, "
+        "rows and tokens at first use)"
         if reason is None
         else f"PyTorch operations (the C step cannot run: {reason})"
     )

@@ -222,16 +222,17 @@ def next_positions(table: Tensor, cache: KVCache | SlotKVCache, steps: int) -> T
     return F.embedding(per_row, table)
 
 
-# The C step's choice per (model shape, rows, threads allowed), timed once per process:
-# {key: threads for the C step, 0 for the PyTorch path}.
+# The C step's choice per (model shape, rows, tokens per row, threads allowed), timed once per
+# process: {key: threads for the C step, 0 for the PyTorch path}.
 _NATIVE_CHOICE: dict[tuple[object, ...], int] = {}
-_TIMED_STEPS = 4  # steps per timing, three timings per candidate, alternating
+_TIMED_CALLS = 4  # calls per timing; three timings per candidate, alternating
 _TIMED_PREFILL = 8
+_BRIEF_TIMING_BYTES = 64 << 20
 
 
-def native_threads(plan: DecodePlan, rows: int) -> int:
-    """How many threads the C step should use for this model's shape at ``rows`` rows, or 0
-    where the plan's PyTorch path is faster on this machine.
+def native_threads(plan: DecodePlan, rows: int, steps: int = 1) -> int:
+    """How many threads the C step should use for this model's shape at ``rows`` rows of
+    ``steps`` new tokens each, or 0 where the plan's PyTorch path is faster on this machine.
 
     The candidates (PyTorch; C on one thread; C on ``torch.get_num_threads()``) are timed once
     per process on a scratch cache (tens of milliseconds), then remembered. Measured on an AMD
@@ -242,14 +243,15 @@ def native_threads(plan: DecodePlan, rows: int) -> int:
     """
     assert plan.native is not None and plan.layers is not None and plan.positions is not None
     allowed = torch.get_num_threads()
-    key = (*plan.native.signature, rows, allowed)
+    key = (*plan.native.signature, rows, steps, allowed)
     known = _NATIVE_CHOICE.get(key)
     if known is not None:
         return known
-    candidates = sorted({1, allowed})
     block_size, width = plan.positions.shape
-    steps = 3 * (len(candidates) + 1) * _TIMED_STEPS
     prefill = min(_TIMED_PREFILL, block_size - steps)
+    calls = min(_TIMED_CALLS, (block_size - prefill) // steps)
+    if plan.native.weight_bytes > _BRIEF_TIMING_BYTES:
+        calls = 1  # a step of tens of milliseconds: one call is a clear enough measurement
     if prefill < 1:  # a toy context: nothing to time, and no step is more than overhead
         _NATIVE_CHOICE[key] = 1
         return 1
@@ -259,30 +261,32 @@ def native_threads(plan: DecodePlan, rows: int) -> int:
         rows,
         plan.n_head,
         width // plan.n_head,
-        prefill + steps,
+        prefill + calls * steps,
         dtype=torch.float32,
         device=plan.positions.device,
     )
     # Fixed token ids: the timing must not draw from the global random generator.
     planned_forward(pytorch_plan, torch.zeros(rows, prefill, dtype=torch.long), cache)
-    token = torch.zeros(rows, 1, dtype=torch.long)
+    tokens = torch.zeros(rows, steps, dtype=torch.long)
     paths = {0: functools.partial(planned_forward, pytorch_plan)}
-    for threads in candidates:
+    for threads in sorted({1, allowed}):
         paths[threads] = functools.partial(plan.native, threads=threads)
     best = dict.fromkeys(paths, float("inf"))
     for _ in range(3):
-        for threads, step in paths.items():
+        for threads, forward in paths.items():
+            cache.length = prefill  # each timing continues the same prompt
             start = time.perf_counter()
-            for _ in range(_TIMED_STEPS):
-                step(token, cache)
-            best[threads] = min(best[threads], time.perf_counter() - start)
+            for _ in range(calls):
+                forward(tokens, cache)
+            best[threads] = min(best[threads], (time.perf_counter() - start) / calls)
     chosen = min(best, key=best.__getitem__)
     logger.info(
-        "GPT decode step at %d row(s): %s (%s ms a step)",
+        "GPT decoding forward of %d row(s) x %d token(s): %s (ms a call: %s)",
         rows,
+        steps,
         f"C on {chosen} thread(s)" if chosen else "PyTorch",
         ", ".join(
-            f"{'C on ' + str(t) if t else 'PyTorch'} {seconds * 1e3 / _TIMED_STEPS:.3f}"
+            f"{'C on ' + str(t) if t else 'PyTorch'} {seconds * 1e3:.3f}"
             for t, seconds in best.items()
         ),
     )
@@ -298,7 +302,7 @@ def planned_forward(plan: DecodePlan, tokens: Tensor, cache: KVCache | SlotKVCac
     """
     batch, steps = tokens.shape
     if plan.native is not None and plan.native.accepts(tokens, cache):
-        threads = native_threads(plan, batch)
+        threads = native_threads(plan, batch, steps)
         if threads:
             return plan.native(tokens, cache, threads)
     x = plan.embed(tokens) + next_positions(plan.positions, cache, steps)  # (B, T, C)

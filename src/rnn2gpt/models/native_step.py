@@ -1,4 +1,4 @@
-"""A GPT's one-token decode step as one C call (``kernels/gpt_step.c``), for AVX2 CPUs.
+"""A GPT's decoding forward over a few tokens as one C call (``kernels/gpt_step.c``), on AVX2.
 
 Why: a decode step of a small GPT is about a hundred PyTorch operations on vectors of a few
 hundred floats, and each pays a fixed dispatch cost that is larger than its arithmetic. Measured
@@ -6,16 +6,18 @@ on an AMD EPYC (AVX2 only): the default 6L/192 GPT's step took 2.3-2.7 ms throug
 plan of :mod:`rnn2gpt.models.decode_plan`, while its 24 matrix products over 10.6 MB of weights
 need a few hundred microseconds. The C step does the same arithmetic (LayerNorms, the fused qkv
 product, attention over the cache, the MLP with its GELU, the residuals, the head) in one call on
-the model's own weights and the cache's own buffers, one thread, and writes the new keys and
-values into the cache as :meth:`KVCache.append` would.
+the model's own weights and the cache's own buffers, and writes the new keys and values into the
+cache as :meth:`KVCache.append` would. It takes a few tokens per row as well (a speculative
+check of drafted tokens, a short prompt), each attending causally.
 
 When: :func:`build_native_step` decides once per decoding state (with the decode plan) whether
 the model can run in C at all: fp32 CPU weights, plain ``nn.Linear``/``nn.LayerNorm``/
-``nn.Embedding`` layers (or their packed twin), no adaptive output, no hooks, and the kernel built
-here (:mod:`rnn2gpt.models.native`). :meth:`NativeStep.accepts` then decides per forward: one
-token per row, a cache whose buffers are allocated, float32 and contiguous, and at most
-:data:`MAX_ROWS` rows. Whether C or PyTorch is faster for the model's shape and row count, and on
-how many threads, is timed once per process (:func:`rnn2gpt.models.decode_plan.native_threads`).
+``nn.Embedding`` layers (or their packed twin, or :class:`Int8Linear`: int8 weights are widened
+to fp32 in registers, as ``kernels/int8_gemv.c`` does), no adaptive output, no hooks, and the kernel built
+here (:mod:`rnn2gpt.models.native`). :meth:`NativeStep.accepts` then decides per forward: at
+most :data:`MAX_ROWS` new tokens in all, and a cache whose buffers are allocated, float32 and
+contiguous. Whether C or PyTorch is faster for the model's shape at that batch and token count,
+and on how many threads, is timed once per process (:func:`rnn2gpt.models.decode_plan.native_threads`).
 Anything else takes the plan's PyTorch path, which gives the same numbers within float rounding
 (``tests/models/test_models_native_step.py``).
 
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from . import native
 from .kv_cache import KVCache, SlotKVCache
 from .packed import PackedLinear
+from .quantized import Int8Linear
 
 if TYPE_CHECKING:
     from .gpt import GPT
@@ -44,17 +47,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KERNEL = "gpt_step"  # kernels/gpt_step.c
-# Rows a C step is tried at, at most (where it runs is then timed: decode_plan.native_threads).
-# It reads every weight once per row (from the core's cache after the first row), where
-# PyTorch's matrix products read each weight once for all rows: past a few rows they win.
+# New tokens (rows x tokens per row) a C call is tried at, at most (where it runs is then timed:
+# decode_plan.native_threads). It reads each weight once per four tokens or per token (from the
+# core's cache after the first), where PyTorch's matrix products read each weight once for all
+# of them: past a few tokens they win.
 MAX_ROWS = 8
 
-_LINEARS = (nn.Linear, PackedLinear)
+_LINEARS = (nn.Linear, PackedLinear, Int8Linear)
 _float_p = ctypes.POINTER(ctypes.c_float)
 
 
+ROWS, TRANSPOSED, INT8 = 0, 1, 2  # Matrix.kind, as in gpt_step.c
+
+
 class Matrix(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("transposed", ctypes.c_int64)]
+    _fields_ = [("data", ctypes.c_void_p), ("kind", ctypes.c_int64), ("scale", ctypes.c_void_p)]
 
 
 class GptLayer(ctypes.Structure):
@@ -96,9 +103,9 @@ class GptWeights(ctypes.Structure):
 class NativeStep:
     """A GPT's decode step in C, bound to the model's weights as they are now.
 
-    Call it as ``step(tokens (B, 1), cache, threads) -> logits (B, 1, V)``; it appends the tokens' keys
-    and values to ``cache`` and advances it one slot, as ``planned_forward`` does. Check
-    :meth:`accepts` first.
+    Call it as ``step(tokens (B, T), cache, threads) -> logits (B, T, V)``; it appends the
+    tokens' keys and values to ``cache`` and advances it T slots, as ``planned_forward`` does.
+    Check :meth:`accepts` first.
     """
 
     def __init__(
@@ -114,6 +121,8 @@ class NativeStep:
         self._keep = keep  # the tensors and ctypes arrays that weights points into
         self._vocab = vocab
         self._block_size = block_size
+        # What one step reads (the embedding's one row aside): large models are timed briefly.
+        self.weight_bytes = sum(t.nbytes for t in keep if isinstance(t, Tensor))
         self._buffers: tuple[tuple[int, ...], object, object] | None = None
         # What the speed of a step depends on: the shapes and the weights' layouts.
         self.signature = (
@@ -122,14 +131,14 @@ class NativeStep:
             weights.n_head,
             weights.inner,
             vocab,
-            weights.head.transposed,
-            weights.layers[0].attn.transposed,
+            weights.head.kind,
+            weights.layers[0].attn.kind,
         )
 
     def accepts(self, tokens: Tensor, cache: object) -> bool:
-        """Whether this forward can run in C: one token per row, at most MAX_ROWS rows, and a
-        cache of allocated float32 buffers (a light cache grows into one at its first step)."""
-        if tokens.shape[1] != 1 or tokens.shape[0] > MAX_ROWS:
+        """Whether this forward can run in C: at most MAX_ROWS new tokens in all, and a cache of
+        allocated float32 buffers (a light cache grows into one at its first step)."""
+        if tokens.numel() > MAX_ROWS:
             return False
         if type(cache) is KVCache:
             keys = cache.keys
@@ -143,27 +152,31 @@ class NativeStep:
         )
 
     def __call__(self, tokens: Tensor, cache: KVCache | SlotKVCache, threads: int = 1) -> Tensor:
-        """tokens (B, 1) -> logits (B, 1, V); the work is split over ``threads`` threads (the
+        """tokens (B, T) -> logits (B, T, V); the work is split over ``threads`` threads (the
         caller's and the kernel's own workers; the numbers do not depend on it)."""
-        batch = tokens.shape[0]
+        batch, steps = tokens.shape
         if type(cache) is SlotKVCache:
             slots = cache.host_lengths
-            positions, valid = slots, None
+            positions = [start + t for start in slots for t in range(steps)]
+            valid = None
         else:
             slots = [cache.length] * batch
-            per_row = cache.positions(1)  # (B, 1) when rows are padded, else None
-            positions = slots if per_row is None else per_row[:, 0].tolist()
+            per_row = cache.positions(steps)  # (B, T) when rows are padded, else None
+            if per_row is None:
+                positions = list(range(cache.length, cache.length + steps)) * batch
+            else:
+                positions = per_row.reshape(-1).tolist()
             valid = cache.valid
-        row_ints = ctypes.c_int64 * batch
-        token_ids = tokens.reshape(-1).tolist()
-        logits = torch.empty(batch, self._vocab, dtype=torch.float32)
+        per_token = ctypes.c_int64 * (batch * steps)
+        logits = torch.empty(batch, steps, self._vocab, dtype=torch.float32)
         keys, values = self._cache_pointers(cache)
         status = self._function(
             ctypes.byref(self._weights),
             batch,
-            row_ints(*token_ids),
-            row_ints(*positions),
-            row_ints(*slots),
+            steps,
+            per_token(*tokens.reshape(-1).tolist()),
+            per_token(*positions),
+            (ctypes.c_int64 * batch)(*slots),
             None if valid is None else valid.contiguous().data_ptr(),
             keys,
             values,
@@ -174,17 +187,20 @@ class NativeStep:
         )
         if status != 0:
             raise MemoryError("the C decode step could not allocate its scratch memory")
-        cache.advance(1)
-        return logits[:, None]
+        cache.advance(steps)
+        return logits
 
     def _cache_pointers(self, cache: KVCache | SlotKVCache) -> tuple[object, object]:
-        """The per-layer key and value buffer addresses as C arrays (kept while they last)."""
+        """The per-layer key and value buffer addresses as C arrays, remembered for the last
+        cache (read once into a local: another thread may decode another cache meanwhile)."""
         addresses = tuple(t.data_ptr() for t in (*cache.keys, *cache.values))
-        if self._buffers is None or self._buffers[0] != addresses:
+        known = self._buffers
+        if known is None or known[0] != addresses:
             layers = len(cache.keys)
             array = ctypes.c_void_p * layers
-            self._buffers = (addresses, array(*addresses[:layers]), array(*addresses[layers:]))
-        return self._buffers[1], self._buffers[2]
+            known = (addresses, array(*addresses[:layers]), array(*addresses[layers:]))
+            self._buffers = known
+        return known[1], known[2]
 
 
 def unavailable_reason() -> str | None:
@@ -201,6 +217,7 @@ def _kernel() -> ctypes._CFuncPtr | None:
     function.argtypes = [
         ctypes.c_void_p,  # weights
         ctypes.c_int64,  # batch
+        ctypes.c_int64,  # steps
         ctypes.c_void_p,  # tokens
         ctypes.c_void_p,  # positions
         ctypes.c_void_p,  # slots
@@ -236,18 +253,24 @@ def build_native_step(model: GPT) -> NativeStep | None:
 
     def matrix(weight: Tensor) -> Matrix:
         keep.append(weight)
-        return Matrix(weight.data_ptr(), 0 if weight.is_contiguous() else 1)
+        return Matrix(weight.data_ptr(), ROWS if weight.is_contiguous() else TRANSPOSED, None)
+
+    def linear(layer: nn.Module) -> Matrix:
+        if isinstance(layer, Int8Linear):
+            keep.extend((layer.qweight, layer.scale))
+            return Matrix(layer.qweight.data_ptr(), INT8, layer.scale.data_ptr())
+        return matrix(layer.weight)
 
     tr = model.transformer
     layers = (GptLayer * len(tr.h))()
     for slot, block in zip(layers, tr.h, strict=True):
         attn, mlp = block.attn, block.mlp
         slot.ln1_w, slot.ln1_b = vector(block.ln_1.weight), vector(block.ln_1.bias)
-        slot.attn, slot.attn_b = matrix(attn.c_attn.weight), vector(attn.c_attn.bias)
-        slot.proj, slot.proj_b = matrix(attn.c_proj.weight), vector(attn.c_proj.bias)
+        slot.attn, slot.attn_b = linear(attn.c_attn), vector(attn.c_attn.bias)
+        slot.proj, slot.proj_b = linear(attn.c_proj), vector(attn.c_proj.bias)
         slot.ln2_w, slot.ln2_b = vector(block.ln_2.weight), vector(block.ln_2.bias)
-        slot.fc, slot.fc_b = matrix(mlp.c_fc.weight), vector(mlp.c_fc.bias)
-        slot.mlp_proj, slot.mlp_proj_b = matrix(mlp.c_proj.weight), vector(mlp.c_proj.bias)
+        slot.fc, slot.fc_b = linear(mlp.c_fc), vector(mlp.c_fc.bias)
+        slot.mlp_proj, slot.mlp_proj_b = linear(mlp.c_proj), vector(mlp.c_proj.bias)
     keep.append(layers)
     config = model.config
     positions = model.pos_table if config.pos_encoding == "sinusoidal" else tr.wpe.weight
@@ -263,7 +286,7 @@ def build_native_step(model: GPT) -> NativeStep | None:
         positions=matrix(positions),
         lnf_w=vector(tr.ln_f.weight),
         lnf_b=vector(tr.ln_f.bias),
-        head=matrix(model.lm_head.weight),
+        head=linear(model.lm_head),
         head_b=vector(model.lm_head.bias),
         layers=layers,
     )
@@ -280,21 +303,24 @@ def _ineligible(model: GPT) -> str | None:
     norms = [tr.ln_f, *(n for b in tr.h for n in (b.ln_1, b.ln_2))]
     linears = [
         layer for b in tr.h for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
-    ]
+    ] + [model.lm_head]
     if any(type(n) is not nn.LayerNorm for n in norms):
         return "a replaced LayerNorm"
     if any(type(layer) not in _LINEARS for layer in linears):
-        return "quantized, LoRA or other replaced linear layers"
+        return "LoRA or other replaced linear layers"
     if len({n.eps for n in norms}) != 1 or len({b.mlp.act.approximate for b in tr.h}) != 1:
         return "layers with different settings"
     positions = model.pos_table if model.config.pos_encoding == "sinusoidal" else tr.wpe.weight
-    tensors = [positions, *(p for p in model.parameters())]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+    floats = [positions, *model.parameters()]
+    floats += [t for x in linears if isinstance(x, Int8Linear) for t in (x.scale, x.bias)]
+    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in floats):
         return "weights that are not float32 on the CPU"
-    matrices = [tr.wte.weight, positions, model.lm_head.weight, *(x.weight for x in linears)]
+    matrices = [tr.wte.weight, positions]
+    matrices += [x.weight for x in linears if not isinstance(x, Int8Linear)]
     if not all(m.is_contiguous() or m.t().is_contiguous() for m in matrices):
         return "weights in a strided layout"
     vectors = [t for n in norms for t in (n.weight, n.bias)] + [x.bias for x in linears]
+    vectors += [t for x in linears if isinstance(x, Int8Linear) for t in (x.qweight, x.scale)]
     if not all(v is None or v.is_contiguous() for v in vectors):
         return "weights in a strided layout"
     return None

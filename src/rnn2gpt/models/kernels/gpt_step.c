@@ -1,7 +1,7 @@
-/* One decode step of a GPT (one new token per row) for x86 CPUs with AVX2 and FMA.
+/* A decoding forward of a GPT over a few new tokens per row, for x86 CPUs with AVX2 and FMA.
  *
- * The same arithmetic as rnn2gpt.models.decode_plan.planned_forward for one token per row, in
- * evaluation mode (dropout is the identity), written as one C call: on a small model the ~100
+ * The same arithmetic as rnn2gpt.models.decode_plan.planned_forward (a decode step, or a
+ * speculative check of a few drafted tokens), in evaluation mode (dropout is the identity), written as one C call: on a small model the ~100
  * PyTorch operations of a step cost more in dispatch than in arithmetic (the default 6L/192 GPT
  * reads 10.6 MB of weights and does 5.3 MFLOP a token).
  *
@@ -10,10 +10,11 @@
  *   logits = head(ln_f(x))
  *
  * Weights are float32, (out, in) as nn.Linear stores them, either as rows or transposed (the
- * column-major layout of use_inference_layout); any bias or LayerNorm weight may be NULL
- * (bias=False, no affine). Keys and values are the KV cache's buffers, (B, H, capacity, D) per
- * layer: the new token's key and value are written at slot slots[b] of row b, which then attends
- * to its slots 0..slots[b] (those marked in valid (B, capacity), when given: left padding).
+ * column-major layout of use_inference_layout), or int8 rows with per-output scales (--quantize
+ * int8: weights widened to float32 in registers, activations never quantized); any bias or
+ * LayerNorm weight may be NULL (bias=False, no affine). Keys and values are the KV cache's buffers, (B, H, capacity, D) per
+ * layer: the t-th new token of row b is written at slot slots[b] + t and attends to the row's
+ * slots up to its own (those marked in valid (B, capacity), when given: left padding).
  * Rows never mix, and a row's arithmetic does not depend on the other rows or the thread count.
  *
  * Threads: a step's weights come from beyond the core's own caches (10.6 MB against 0.5-2 MB of
@@ -28,16 +29,22 @@
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
-/* An (out, in) weight as nn.Linear or nn.Embedding holds it: rows (out, in) contiguous, or
- * transposed, the (in, out) buffer that use_inference_layout gives fp32 linear layers. */
+/* An (out, in) weight as a layer holds it. kind: ROWS, float32 (out, in) contiguous as nn.Linear
+ * and nn.Embedding keep it; TRANSPOSED, the float32 (in, out) buffer that use_inference_layout
+ * gives fp32 linear layers; INT8, int8 (out, in) rows with a float32 scale per output (Int8Linear:
+ * w[o][i] = q[o][i] * scale[o]). */
+enum { ROWS = 0, TRANSPOSED = 1, INT8 = 2 };
+
 typedef struct {
-    const float *data;
-    int64_t transposed;
+    const void *data;
+    int64_t kind;
+    const float *scale; /* INT8 only */
 } Matrix;
 
 typedef struct {
@@ -123,8 +130,16 @@ static void *worker(void *argument) {
     int64_t seen = pool.first_seen[part];
     for (;;) {
         seen = next_generation(seen);
-        if (part < pool.parts) {
-            pool.task(pool.context, part, pool.parts);
+        Task task = pool.task;
+        const void *context = pool.context;
+        int64_t parts = pool.parts;
+        /* A run without a part for this worker may end, and the next begin, while it reads the
+         * fields: then they may mix two runs, so it takes the newer run from the start. (A run
+         * with a part for it cannot end without it.) */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load(&pool.generation) != seen) continue;
+        if (part < parts) {
+            task(context, part, parts);
             atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
         }
     }
@@ -182,7 +197,13 @@ static void run_parts(Task task, const void *context, int64_t parts) {
         pthread_mutex_unlock(&pool.lock);
     }
     task(context, 0, parts);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) _mm_pause();
+    /* The workers' parts are as long as this one, so a short spin; past it the cores are shared
+     * with other work, and yielding lets a descheduled worker run. */
+    for (int64_t spins = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++)
+        if (spins % 4096 == 0)
+            sched_yield();
+        else
+            _mm_pause();
 }
 
 /* Units [begin, end) of part ``part`` when ``units`` are shared by ``parts`` evenly. */
@@ -257,34 +278,109 @@ static inline void finish(float *y, __m256 acc, const float *b, int add) {
 }
 
 /* The same on the transposed (k, n) buffer: each x[i] scales a row of n weights, so the outputs
- * sit in eight vector accumulators (64 at a time) and no lane sums are needed. */
+ * sit in vector accumulators and no lane sums are needed. One row of x: 64 outputs at a time. */
+static void transposed_one_row(const float *x, int64_t k, const float *wt, const float *b,
+                               int64_t n, float *y, int add, int64_t begin, int64_t end) {
+    int64_t o = begin;
+    for (; o + 64 <= end; o += 64) {
+        __m256 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < k; i++) {
+            const __m256 xv = _mm256_set1_ps(x[i]);
+            const float *row = wt + i * n + o;
+            for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(row + 8 * j), xv, a[j]);
+        }
+        for (int j = 0; j < 8; j++) finish(y + o + 8 * j, a[j], b ? b + o + 8 * j : NULL, add);
+    }
+    for (; o + 8 <= end; o += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < k; i++)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i * n + o), _mm256_set1_ps(x[i]), acc);
+        finish(y + o, acc, b ? b + o : NULL, add);
+    }
+    for (; o < end; o++) { /* the last 1-7 outputs */
+        float s = 0.0f;
+        for (int64_t i = 0; i < k; i++) s += x[i] * wt[i * n + o];
+        store(y + o, s + (b ? b[o] : 0.0f), add);
+    }
+}
+
+/* Four rows of x over each 16 outputs' weights, read once for the four. Every output is summed
+ * in the same order as transposed_one_row's, so a row's numbers do not depend on its group. */
+static void transposed_four_rows(const float *x, int64_t k, const float *wt, const float *b,
+                                 int64_t n, float *y, int add, int64_t begin, int64_t end) {
+    int64_t o = begin;
+    for (; o + 16 <= end; o += 16) {
+        __m256 a[4][2];
+        for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < k; i++) {
+            const __m256 w0 = _mm256_loadu_ps(wt + i * n + o), w1 = _mm256_loadu_ps(wt + i * n + o + 8);
+            for (int r = 0; r < 4; r++) {
+                const __m256 xv = _mm256_set1_ps(x[r * k + i]);
+                a[r][0] = _mm256_fmadd_ps(w0, xv, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(w1, xv, a[r][1]);
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < 2; j++) finish(y + r * n + o + 8 * j, a[r][j], b ? b + o + 8 * j : NULL, add);
+    }
+    for (int r = 0; r < 4; r++) /* the last 1-15 outputs */
+        if (o < end) transposed_one_row(x + r * k, k, wt, b, n, y + r * n, add, o, end);
+}
+
 static void linear_transposed(const float *x, int64_t rows, int64_t k, const float *wt,
                               const float *b, int64_t n, float *y, int add, int64_t begin,
                               int64_t end) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * k;
-        float *yr = y + r * n;
-        int64_t o = begin;
-        for (; o + 64 <= end; o += 64) {
-            __m256 a[8];
-            for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
-            for (int64_t i = 0; i < k; i++) {
-                const __m256 xv = _mm256_set1_ps(xr[i]);
-                const float *row = wt + i * n + o;
-                for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(row + 8 * j), xv, a[j]);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) transposed_four_rows(x + r * k, k, wt, b, n, y + r * n, add, begin, end);
+    for (; r < rows; r++) transposed_one_row(x + r * k, k, wt, b, n, y + r * n, add, begin, end);
+}
+
+/* Eight int8 weights at p, as eight float32 lanes. */
+static inline __m256 widen8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* Outputs [begin, end) of y = x . (q * scale)^T + b on int8 rows, as kernels/int8_gemv.c: the
+ * dot product with the int8 weights in float32, times the output's scale, plus the bias. */
+static void linear_int8(const float *x, int64_t rows, int64_t k, const int8_t *q, const float *scale,
+                        const float *b, int64_t n, float *y, int add, int64_t begin, int64_t end) {
+    int64_t o = begin;
+    for (; o + 4 <= end; o += 4) {
+        const int8_t *q0 = q + o * k, *q1 = q0 + k, *q2 = q1 + k, *q3 = q2 + k;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * k;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            int64_t i = 0;
+            for (; i + 8 <= k; i += 8) {
+                __m256 xv = _mm256_loadu_ps(xr + i);
+                a0 = _mm256_fmadd_ps(widen8(q0 + i), xv, a0);
+                a1 = _mm256_fmadd_ps(widen8(q1 + i), xv, a1);
+                a2 = _mm256_fmadd_ps(widen8(q2 + i), xv, a2);
+                a3 = _mm256_fmadd_ps(widen8(q3 + i), xv, a3);
             }
-            for (int j = 0; j < 8; j++) finish(yr + o + 8 * j, a[j], b ? b + o + 8 * j : NULL, add);
+            float s[4] = {sum_lanes(a0), sum_lanes(a1), sum_lanes(a2), sum_lanes(a3)};
+            for (; i < k; i++) {
+                s[0] += xr[i] * q0[i];
+                s[1] += xr[i] * q1[i];
+                s[2] += xr[i] * q2[i];
+                s[3] += xr[i] * q3[i];
+            }
+            for (int j = 0; j < 4; j++)
+                store(y + r * n + o + j, s[j] * scale[o + j] + (b ? b[o + j] : 0.0f), add);
         }
-        for (; o + 8 <= end; o += 8) {
-            __m256 acc = _mm256_setzero_ps();
-            for (int64_t i = 0; i < k; i++)
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i * n + o), _mm256_set1_ps(xr[i]), acc);
-            finish(yr + o, acc, b ? b + o : NULL, add);
-        }
-        for (; o < end; o++) { /* the last 1-7 outputs */
-            float s = 0.0f;
-            for (int64_t i = 0; i < k; i++) s += xr[i] * wt[i * n + o];
-            store(yr + o, s + (b ? b[o] : 0.0f), add);
+    }
+    for (; o < end; o++) { /* the last 1-3 outputs */
+        const int8_t *qo = q + o * k;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * k;
+            __m256 a = _mm256_setzero_ps();
+            int64_t i = 0;
+            for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(widen8(qo + i), _mm256_loadu_ps(xr + i), a);
+            float s = sum_lanes(a);
+            for (; i < k; i++) s += xr[i] * qo[i];
+            store(y + r * n + o, s * scale[o] + (b ? b[o] : 0.0f), add);
         }
     }
 }
@@ -312,7 +408,7 @@ typedef struct {
 } LinearTask;
 
 /* The outputs go to parts in whole blocks: 64 on the transposed layout, 4 on rows. */
-static int64_t output_block(Matrix w) { return w.transposed ? 64 : 4; }
+static int64_t output_block(Matrix w) { return w.kind == TRANSPOSED ? 64 : 4; }
 
 static void linear_part(const void *context, int64_t part, int64_t parts) {
     const LinearTask *t = context;
@@ -321,8 +417,10 @@ static void linear_part(const void *context, int64_t part, int64_t parts) {
     begin *= unit;
     end = end * unit < t->n ? end * unit : t->n;
     if (begin >= end) return;
-    if (t->w.transposed)
+    if (t->w.kind == TRANSPOSED)
         linear_transposed(t->x, t->rows, t->k, t->w.data, t->b, t->n, t->y, t->add, begin, end);
+    else if (t->w.kind == INT8)
+        linear_int8(t->x, t->rows, t->k, t->w.data, t->w.scale, t->b, t->n, t->y, t->add, begin, end);
     else
         linear_rows(t->x, t->rows, t->k, t->w.data, t->b, t->n, t->y, t->add, begin, end);
     if (t->gelu) gelu(t->y, t->rows, t->n, begin, end, t->gelu);
@@ -337,10 +435,11 @@ static void linear(const float *x, int64_t rows, int64_t k, Matrix w, const floa
     run_parts(linear_part, &task, threads < blocks ? threads : blocks);
 }
 
-/* Row ``index`` of an (n, width) matrix into out (width). */
+/* Row ``index`` of an (n, width) float32 matrix into out (width). */
 static void gather_row(Matrix m, int64_t n, int64_t width, int64_t index, float *out) {
+    const float *data = m.data;
     for (int64_t i = 0; i < width; i++)
-        out[i] = m.transposed ? m.data[i * n + index] : m.data[index * width + i];
+        out[i] = m.kind == TRANSPOSED ? data[i * n + index] : data[index * width + i];
 }
 
 /* y (rows, n) = LayerNorm(x) with the biased variance, as torch.layer_norm. */
@@ -394,77 +493,86 @@ static void attend(const float *q, const float *keys, const float *values, const
 }
 
 typedef struct {
-    const float *qkv; /* (B, 3C) */
+    const float *qkv;     /* (B * T, 3C) */
     float *keys, *values; /* this layer's (B, H, capacity, D) */
     const uint8_t *valid;
-    const int64_t *slots;
-    int64_t batch, heads, dim, capacity;
+    const int64_t *slots; /* (B): the slot of each row's first new token */
+    int64_t batch, steps, heads, dim, capacity;
     float *scores; /* capacity floats per part */
-    float *out;    /* (B, C) */
+    float *out;    /* (B * T, C) */
 } AttentionTask;
 
-/* (row, head) pairs [begin, end) of this part: store the new key and value, then attend. */
+/* (row, head) pairs [begin, end) of this part: store the new keys and values of the row's T
+ * tokens, then attend from each (token t at slot slots[r] + t sees slots up to its own). */
 static void attention_part(const void *context, int64_t part, int64_t parts) {
     const AttentionTask *t = context;
-    const int64_t C = t->heads * t->dim, D = t->dim;
+    const int64_t C = t->heads * t->dim, D = t->dim, T = t->steps;
     int64_t begin, end;
     share(t->batch * t->heads, part, parts, &begin, &end);
     for (int64_t pair = begin; pair < end; pair++) {
-        int64_t r = pair / t->heads, head = pair % t->heads, slot = t->slots[r];
-        const float *q = t->qkv + r * 3 * C + head * D, *k = q + C, *v = k + C;
+        int64_t r = pair / t->heads, head = pair % t->heads;
         size_t base = (size_t)(pair * t->capacity) * (size_t)D;
         float *kc = t->keys + base, *vc = t->values + base;
-        for (int64_t d = 0; d < D; d++) {
-            kc[slot * D + d] = k[d];
-            vc[slot * D + d] = v[d];
+        for (int64_t step = 0; step < T; step++) {
+            const float *k = t->qkv + (r * T + step) * 3 * C + C + head * D, *v = k + C;
+            int64_t slot = t->slots[r] + step;
+            for (int64_t d = 0; d < D; d++) {
+                kc[slot * D + d] = k[d];
+                vc[slot * D + d] = v[d];
+            }
         }
-        attend(q, kc, vc, t->valid ? t->valid + r * t->capacity : NULL, slot, D,
-               t->scores + part * t->capacity, t->out + r * C + head * D);
+        for (int64_t step = 0; step < T; step++) {
+            int64_t row = r * T + step;
+            attend(t->qkv + row * 3 * C + head * D, kc, vc, t->valid ? t->valid + r * t->capacity : NULL,
+                   t->slots[r] + step, D, t->scores + part * t->capacity, t->out + row * C + head * D);
+        }
     }
 }
 
-/* tokens (B), positions (B) and slots (B) per row; valid (B, capacity) or NULL; keys[l] and
- * values[l] (B, H, capacity, D); block_size: the rows of the position table; logits (B, vocab);
- * threads: how many parts to split the work into (1: the calling thread only).
+/* T new tokens per row: tokens and positions (B * T), row-major; slots (B): the slot of each
+ * row's first new token (the others follow it); valid (B, capacity) or NULL; keys[l] and
+ * values[l] (B, H, capacity, D); block_size: the rows of the position table; logits (B * T,
+ * vocab); threads: how many parts to split the work into (1: the calling thread only).
  * Returns 0, or -1 if out of memory. */
-int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, const int64_t *tokens,
+int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const int64_t *tokens,
                      const int64_t *positions, const int64_t *slots, const uint8_t *valid,
                      float *const *keys, float *const *values, int64_t capacity,
                      int64_t block_size, float *logits, int64_t threads) {
-    const int64_t C = m->width, H = m->n_head, D = C / H, F = m->inner;
+    const int64_t C = m->width, H = m->n_head, D = C / H, F = m->inner, N = batch * steps;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     int own_pool = threads > 1 && pthread_mutex_trylock(&pool.busy) == 0;
     if (own_pool)
         threads = ensure_workers(threads);
     else
         threads = 1; /* another thread's step holds the workers */
-    float *buffer = malloc(sizeof(float) * (size_t)(batch * (C * 6 + F) + threads * capacity));
+    float *buffer = malloc(sizeof(float) * (size_t)(N * (C * 6 + F) + threads * capacity));
     if (!buffer) {
         if (own_pool) pthread_mutex_unlock(&pool.busy);
         return -1;
     }
-    float *x = buffer, *h = x + batch * C, *qkv = h + batch * C, *att = qkv + batch * 3 * C;
-    float *hidden = att + batch * C, *scores = hidden + batch * F;
+    float *x = buffer, *h = x + N * C, *qkv = h + N * C, *att = qkv + N * 3 * C;
+    float *hidden = att + N * C, *scores = hidden + N * F;
     const int form = m->gelu_tanh ? 2 : 1;
 
-    for (int64_t r = 0; r < batch; r++) {
-        gather_row(m->wte, m->vocab, C, tokens[r], x + r * C);
-        gather_row(m->positions, block_size, C, positions[r], h + r * C);
-        for (int64_t i = 0; i < C; i++) x[r * C + i] += h[r * C + i];
+    for (int64_t row = 0; row < N; row++) {
+        gather_row(m->wte, m->vocab, C, tokens[row], x + row * C);
+        gather_row(m->positions, block_size, C, positions[row], h + row * C);
+        for (int64_t i = 0; i < C; i++) x[row * C + i] += h[row * C + i];
     }
     for (int64_t l = 0; l < m->n_layer; l++) {
         const GptLayer *L = m->layers + l;
-        layer_norm(x, batch, C, L->ln1_w, L->ln1_b, m->eps, h);
-        linear(h, batch, C, L->attn, L->attn_b, 3 * C, qkv, 0, 0, threads);
-        AttentionTask attention = {qkv, keys[l], values[l], valid, slots, batch, H, D, capacity, scores, att};
+        layer_norm(x, N, C, L->ln1_w, L->ln1_b, m->eps, h);
+        linear(h, N, C, L->attn, L->attn_b, 3 * C, qkv, 0, 0, threads);
+        AttentionTask attention = {qkv,   keys[l], values[l], valid,    slots, batch,
+                                   steps, H,       D,         capacity, scores, att};
         run_parts(attention_part, &attention, threads < batch * H ? threads : batch * H);
-        linear(att, batch, C, L->proj, L->proj_b, C, x, 1, 0, threads);
-        layer_norm(x, batch, C, L->ln2_w, L->ln2_b, m->eps, h);
-        linear(h, batch, C, L->fc, L->fc_b, F, hidden, 0, form, threads);
-        linear(hidden, batch, F, L->mlp_proj, L->mlp_proj_b, C, x, 1, 0, threads);
+        linear(att, N, C, L->proj, L->proj_b, C, x, 1, 0, threads);
+        layer_norm(x, N, C, L->ln2_w, L->ln2_b, m->eps, h);
+        linear(h, N, C, L->fc, L->fc_b, F, hidden, 0, form, threads);
+        linear(hidden, N, F, L->mlp_proj, L->mlp_proj_b, C, x, 1, 0, threads);
     }
-    layer_norm(x, batch, C, m->lnf_w, m->lnf_b, m->eps, h);
-    linear(h, batch, C, m->head, m->head_b, m->vocab, logits, 0, 0, threads);
+    layer_norm(x, N, C, m->lnf_w, m->lnf_b, m->eps, h);
+    linear(h, N, C, m->head, m->head_b, m->vocab, logits, 0, 0, threads);
     free(buffer);
     if (own_pool) pthread_mutex_unlock(&pool.busy);
     return 0;
