@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gpt_decoding import PROMPT, decode_logits
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.generation import generate
-from rnn2gpt.models import decode_plan
+from rnn2gpt.models import base, decode_plan
 from rnn2gpt.models.base import use_inference_layout
 from rnn2gpt.models.lora import apply_lora
 from rnn2gpt.models.quantized import quantize_model
@@ -21,42 +22,13 @@ from rnn2gpt.models.quantized import quantize_model
 @pytest.fixture(autouse=True)
 def pytorch_steps_only(monkeypatch):
     monkeypatch.setattr(decode_plan, "build_native_step", lambda model: None)
-
-
-PROMPT = [[1, 5, 2, 7, 3, 3, 9], [4, 4, 8, 1, 0, 2, 6], [12, 11, 10, 9, 8, 7, 6]]
-
-
-def _decode(model, rows, steps: int = 6, general: bool = False, pad_mask=None, slots=False):
-    """Prefill ``rows``, feed 3 tokens at once (a speculative check), then ``steps`` tokens one at a
-    time: the logits of the prefill's last position and of every fed token, (B, 4 + steps, V).
-    ``general``: through a no-op forward pre-hook, which keeps every call on GPT.forward's general
-    path."""
-    handle = model.register_forward_pre_hook(lambda module, args: None) if general else None
-    try:
-        with torch.inference_mode():
-            if slots:
-                state = model.new_state(len(rows), slots=True)
-            else:
-                capacity = len(rows[0]) + 3 + steps
-                state = model.new_state(len(rows), pad_mask=pad_mask, capacity=capacity)
-            out, state = model(torch.tensor(rows), state)
-            logits = [out[:, -1:]]
-            out, state = model(torch.tensor([[2, 9, 4]] * len(rows)), state)
-            logits.append(out)
-            for step in range(steps):
-                token = torch.full((len(rows), 1), (3 * step + 1) % 13)
-                out, state = model(token, state)
-                logits.append(out)
-    finally:
-        if handle is not None:
-            handle.remove()
-    return torch.cat(logits, dim=1)
+    monkeypatch.setattr(base, "keeps_row_layout", lambda model: False)
 
 
 def _assert_same_steps(model, rows=PROMPT, **kwargs) -> None:
-    fast = _decode(model, rows, **kwargs)
+    fast = decode_logits(model, rows, **kwargs)
     assert model._decode_plan is not None and model._decode_plan.layers is not None
-    general = _decode(model, rows, general=True, **kwargs)
+    general = decode_logits(model, rows, general=True, **kwargs)
     assert model._decode_plan.layers is None
     torch.testing.assert_close(fast, general, rtol=0, atol=0)
 
@@ -113,7 +85,7 @@ def test_hooks_fire_on_every_step(make_model) -> None:
     calls = []
     handle = model.transformer.h[1].mlp.register_forward_hook(lambda *_: calls.append(1))
     try:
-        _decode(model, PROMPT, steps=4)
+        decode_logits(model, PROMPT, steps=4)
     finally:
         handle.remove()
     assert len(calls) == 1 + 1 + 4  # the prefill, the 3-token check and each step
@@ -122,11 +94,11 @@ def test_hooks_fire_on_every_step(make_model) -> None:
 
 def test_a_module_replaced_between_generations_is_seen(make_model) -> None:
     model = make_model(n_embd=32)
-    before = _decode(model, PROMPT)
+    before = decode_logits(model, PROMPT)
     quantize_model(model)
-    after = _decode(model, PROMPT)
+    after = decode_logits(model, PROMPT)
     assert model._decode_plan.layers is not None
-    general = _decode(model, PROMPT, general=True)
+    general = decode_logits(model, PROMPT, general=True)
     torch.testing.assert_close(after, general, rtol=0, atol=0)
     assert not torch.equal(before, after)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 
 from rnn2gpt.config import ModelConfig
-from rnn2gpt.models import build_model
+from rnn2gpt.models import base, build_model
 from rnn2gpt.models.base import use_inference_layout
 
 
-def test_layout_changes_storage_not_values_or_results(fastpaths_auto):
+def test_layout_changes_storage_not_values_or_results(fastpaths_auto, monkeypatch):
+    # A GPT decoding in PyTorch (where it runs in C it keeps its rows: test_models_native_step.py)
+    monkeypatch.setattr(base, "keeps_row_layout", lambda model: False)
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(arch="gpt", vocab_size=40, n_layer=2, n_head=2, n_embd=16, block_size=16)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gpt_decoding import PROMPT, decode_logits
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.generation import generate
@@ -16,8 +17,6 @@ from rnn2gpt.models.base import use_inference_layout
 from rnn2gpt.models.lora import apply_lora
 from rnn2gpt.models.native_step import MAX_ROWS, NativeStep, build_native_step
 from rnn2gpt.models.quantized import quantize_model
-
-PROMPT = [[1, 5, 2, 7, 3, 3, 9], [4, 4, 8, 1, 0, 2, 6], [12, 11, 10, 9, 8, 7, 6]]
 
 
 @pytest.fixture
@@ -39,37 +38,12 @@ def c_steps(monkeypatch, fastpaths_auto):
     return calls
 
 
-def _decode(model, rows, steps=6, general=False, pad_mask=None, slots=False):
-    """Prefill ``rows``, a 3-token check, then ``steps`` single tokens: the logits of the
-    prefill's last position and of every fed token, (B, 4 + steps, V). ``general``: through a
-    no-op forward pre-hook, which keeps every call on GPT.forward's general path."""
-    handle = model.register_forward_pre_hook(lambda module, args: None) if general else None
-    try:
-        with torch.inference_mode():
-            if slots:
-                state = model.new_state(len(rows), slots=True)
-            else:
-                capacity = len(rows[0]) + 3 + steps
-                state = model.new_state(len(rows), pad_mask=pad_mask, capacity=capacity)
-            out, state = model(torch.tensor(rows), state)
-            logits = [out[:, -1:]]
-            out, state = model(torch.tensor([[2, 9, 4]] * len(rows)), state)
-            logits.append(out)
-            for step in range(steps):
-                out, state = model(torch.full((len(rows), 1), (3 * step + 1) % 13), state)
-                logits.append(out)
-    finally:
-        if handle is not None:
-            handle.remove()
-    return torch.cat(logits, dim=1)
-
-
 def _assert_close_to_general(model, calls, rows=PROMPT, steps=6, **kwargs):
-    fast = _decode(model, rows, steps=steps, **kwargs)
+    fast = decode_logits(model, rows, steps=steps, **kwargs)
     batch = len(rows)
     expected = [(batch, t) for t in (len(rows[0]), 3) if batch * t <= MAX_ROWS]
     assert calls == expected + [(batch, 1)] * steps, "every call of a few tokens ran in C"
-    general = _decode(model, rows, steps=steps, general=True, **kwargs)
+    general = decode_logits(model, rows, steps=steps, general=True, **kwargs)
     torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
 
 
@@ -87,13 +61,27 @@ def _assert_close_to_general(model, calls, rows=PROMPT, steps=6, **kwargs):
     ],
     ids=["plain", "no-bias", "gelu-tanh", "sinusoidal", "untied", "4-heads", "odd", "wide"],
 )
-@pytest.mark.parametrize("layout", ["rows", "inference-layout"])
+@pytest.mark.parametrize("layout", ["rows", "column-major"])
 def test_c_step_equals_general_path(make_model, c_steps, overrides, layout):
     model = make_model(**overrides)
-    if layout == "inference-layout":  # column-major linear weights, the tied embedding too
-        use_inference_layout(model)
+    if layout == "column-major":  # as use_inference_layout lays out models that decode in PyTorch
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):  # the tied embedding too
+                    module.weight.data = module.weight.data.t().contiguous().t()
         assert not model.transformer.h[0].attn.c_attn.weight.is_contiguous()
     _assert_close_to_general(model, c_steps)
+
+
+def test_the_inference_layout_keeps_rows_where_the_step_runs_in_c(make_model, c_steps, monkeypatch):
+    model = use_inference_layout(make_model())
+    assert model.transformer.h[0].attn.c_attn.weight.is_contiguous()
+    _assert_close_to_general(model, c_steps)
+    monkeypatch.setattr(native_step, "unavailable_reason", lambda: "no compiler")
+    other = use_inference_layout(make_model())
+    assert not other.transformer.h[0].attn.c_attn.weight.is_contiguous()
+    lstm = use_inference_layout(make_model(arch="lstm"))
+    assert not lstm.decoder.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("overrides", [{}, {"bias": False}, {"n_embd": 20, "n_head": 4}])
@@ -138,7 +126,7 @@ def test_a_row_does_not_depend_on_its_neighbours(make_model, c_steps):
 
 def test_more_tokens_than_it_takes_run_in_pytorch(make_model, c_steps):
     rows = (PROMPT * 3)[: MAX_ROWS + 1]
-    _decode(make_model(), rows)
+    decode_logits(make_model(), rows)
     assert c_steps == []
 
 
@@ -183,7 +171,7 @@ def test_models_it_cannot_run_keep_the_pytorch_step(make_model, c_steps, transfo
         model.to(torch.bfloat16)
     assert reason in native_step._ineligible(model)
     assert build_native_step(model) is None
-    _decode(model, PROMPT)
+    decode_logits(model, PROMPT)
     assert c_steps == []
     assert model._decode_plan.native is None
 
@@ -193,7 +181,7 @@ def test_hooks_keep_every_step_in_pytorch(make_model, c_steps):
     fired = []
     handle = model.transformer.h[0].register_forward_hook(lambda *_: fired.append(1))
     try:
-        _decode(model, PROMPT, steps=3)
+        decode_logits(model, PROMPT, steps=3)
     finally:
         handle.remove()
     assert c_steps == [] and len(fired) == 2 + 3
@@ -204,7 +192,7 @@ def test_fast_paths_off_keep_the_pytorch_step(make_model, monkeypatch):
     model = make_model()
     assert build_native_step(model) is None
     assert "RNN2GPT_FASTPATHS=off" in native_step.unavailable_reason()
-    _decode(model, PROMPT, steps=2)
+    decode_logits(model, PROMPT, steps=2)
     assert model._decode_plan.native is None
 
 

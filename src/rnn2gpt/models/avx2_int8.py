@@ -4,7 +4,7 @@ Why: on a CPU with AVX2 and no AVX-512 (measured on an AMD EPYC, 2026-12-03), ne
 PyTorch's int8 paths reads int8 weights fast. ``torch._weight_int8pack_mm`` and the GEMV that
 Inductor compiles from ``(x * q).sum(-1)`` both run unvectorized there, 2-3x slower than the
 fp32 product they are meant to beat, so ``--quantize int8`` made decoding slower. The kernel in
-``kernels/int8_gemv.c`` widens eight int8 weights at a time to fp32 lanes and multiplies them
+``kernels/avx2.c`` (``rnn2gpt_int8_gemv``) widens eight int8 weights at a time to fp32 lanes and multiplies them
 there with FMA: the weights are read once per row at a quarter of fp32's bytes, and the
 arithmetic is fp32's (activations are never quantized).
 
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import native
 
-KERNEL = "int8_gemv"  # kernels/int8_gemv.c
+KERNEL = "avx2"  # kernels/avx2.c, shared with the GPT decode step
 SYMBOL = "rnn2gpt_int8_gemv"
 
 

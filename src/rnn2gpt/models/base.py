@@ -53,6 +53,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..hardware import fastpaths_enabled
 from .native_step import MAX_ROWS as NATIVE_MAX_ROWS
+from .native_step import keeps_row_layout
 from .native_step import unavailable_reason as native_step_unavailable
 from .packed import MIN_PACKED_WEIGHTS, pack_linear_layers, packed_linear_supported
 from .quantized import int8_paths
@@ -230,8 +231,17 @@ def use_inference_layout(model: nn.Module) -> nn.Module:
     models that will only generate; training works on it too (the packed path is off under
     autograd), but nothing is gained there. Both are fast paths: under ``RNN2GPT_FASTPATHS=off``
     the model is left as it is. Returns ``model``.
+
+    A GPT whose decoding forwards can run in C (:mod:`rnn2gpt.models.native_step`) keeps its row
+    layout: the C kernel reads (out, in) rows four at a time for every token of a call, where
+    the column-major buffer is read with a stride of a whole row per input. Measured on an AMD
+    EPYC, 6L/384 GPT, 2 threads: 2.9 against 3.6-4.0 ms for a step, 4.2 against 10.1 ms for a
+    5-token speculative check.
     """
     if not fastpaths_enabled():
+        return model
+    if keeps_row_layout(model):
+        pack_linear_layers(model)
         return model
     with torch.no_grad():
         for module in model.modules():

@@ -1,8 +1,8 @@
 """C kernels for x86 CPUs with AVX2 and FMA: compiled on first use, loaded with ctypes.
 
-Two kernels live in ``kernels/`` and ship with the package:
-- ``int8_gemv.c``: the int8 weight-only matrix-vector product (:mod:`rnn2gpt.models.avx2_int8`);
-- ``gpt_step.c``: a whole GPT decode step, one call a token (:mod:`rnn2gpt.models.native_step`).
+The kernels live in ``kernels/avx2.c``, which ships with the package: the int8 weight-only matrix
+product (:mod:`rnn2gpt.models.avx2_int8`) and a GPT's decoding forward over a few tokens in one
+call (:mod:`rnn2gpt.models.native_step`).
 
 On first use a kernel is compiled with the machine's C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``; ``-O3 -mavx2 -mfma``, under a second) into ``<cache>/kernels/``

@@ -1,4 +1,4 @@
-"""A GPT's decoding forward over a few tokens as one C call (``kernels/gpt_step.c``), on AVX2.
+"""A GPT's decoding forward over a few tokens as one C call (``kernels/avx2.c``), on AVX2.
 
 Why: a decode step of a small GPT is about a hundred PyTorch operations on vectors of a few
 hundred floats, and each pays a fixed dispatch cost that is larger than its arithmetic. Measured
@@ -13,7 +13,7 @@ check of drafted tokens, a short prompt), each attending causally.
 When: :func:`build_native_step` decides once per decoding state (with the decode plan) whether
 the model can run in C at all: fp32 CPU weights, plain ``nn.Linear``/``nn.LayerNorm``/
 ``nn.Embedding`` layers (or their packed twin, or :class:`Int8Linear`: int8 weights are widened
-to fp32 in registers, as ``kernels/int8_gemv.c`` does), no adaptive output, no hooks, and the kernel built
+to fp32 in registers, as the int8 product of :mod:`rnn2gpt.models.avx2_int8` does), no adaptive output, no hooks, and the kernel built
 here (:mod:`rnn2gpt.models.native`). :meth:`NativeStep.accepts` then decides per forward: at
 most :data:`MAX_ROWS` new tokens in all, and a cache whose buffers are allocated, float32 and
 contiguous. Whether C or PyTorch is faster for the model's shape at that batch and token count,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KERNEL = "gpt_step"  # kernels/gpt_step.c
+KERNEL = "avx2"  # kernels/avx2.c
 # New tokens (rows x tokens per row) a C call is tried at, at most (where it runs is then timed:
 # decode_plan.native_threads). It reads each weight once per four tokens or per token (from the
 # core's cache after the first), where PyTorch's matrix products read each weight once for all
@@ -57,7 +57,7 @@ _LINEARS = (nn.Linear, PackedLinear, Int8Linear)
 _float_p = ctypes.POINTER(ctypes.c_float)
 
 
-ROWS, TRANSPOSED, INT8 = 0, 1, 2  # Matrix.kind, as in gpt_step.c
+ROWS, TRANSPOSED, INT8 = 0, 1, 2  # Matrix.kind, as in kernels/avx2.c
 
 
 class Matrix(ctypes.Structure):
@@ -293,6 +293,18 @@ def build_native_step(model: GPT) -> NativeStep | None:
     return NativeStep(function, weights, keep, config.vocab_size, positions.shape[0])
 
 
+def keeps_row_layout(model: nn.Module) -> bool:
+    """Whether ``model`` is a GPT whose decoding can run in C here, so that
+    :func:`rnn2gpt.models.base.use_inference_layout` leaves its linear weights as rows."""
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "arch", None) == "gpt"
+        and hasattr(model, "transformer")
+        and unavailable_reason() is None
+        and _ineligible(model) is None
+    )
+
+
 def _ineligible(model: GPT) -> str | None:
     """Why this model's layers or weights rule the C step out; None if they do not."""
     if model.cutoffs:
@@ -326,4 +338,4 @@ def _ineligible(model: GPT) -> str | None:
     return None
 
 
-__all__ = ["MAX_ROWS", "NativeStep", "build_native_step", "unavailable_reason"]
+__all__ = ["MAX_ROWS", "NativeStep", "build_native_step", "keeps_row_layout", "unavailable_reason"]

@@ -1,9 +1,14 @@
-/* A decoding forward of a GPT over a few new tokens per row, for x86 CPUs with AVX2 and FMA.
+/* C kernels for x86 CPUs with AVX2 and FMA, compiled on first use by rnn2gpt.models.native:
  *
- * The same arithmetic as rnn2gpt.models.decode_plan.planned_forward (a decode step, or a
- * speculative check of a few drafted tokens), in evaluation mode (dropout is the identity), written as one C call: on a small model the ~100
- * PyTorch operations of a step cost more in dispatch than in arithmetic (the default 6L/192 GPT
- * reads 10.6 MB of weights and does 5.3 MFLOP a token).
+ * - rnn2gpt_int8_gemv: the int8 weight-only matrix product of Int8Linear (models/avx2_int8.py);
+ * - rnn2gpt_gpt_step: a decoding forward of a GPT over a few new tokens per row
+ *   (models/native_step.py), described here.
+ *
+ * The step is the arithmetic of rnn2gpt.models.decode_plan.planned_forward (a decode step, or a
+ * speculative check of a few drafted tokens) in evaluation mode (dropout is the identity),
+ * written as one C call: on a small model the ~100 PyTorch operations of a step cost more in
+ * dispatch than in arithmetic (the default 6L/192 GPT reads 10.6 MB of weights and does 5.3
+ * MFLOP a token).
  *
  *   x = wte[token] + positions[position]
  *   per layer: x += c_proj(attention(c_attn(ln_1(x))));  x += mlp_proj(gelu(c_fc(ln_2(x))))
@@ -11,20 +16,23 @@
  *
  * Weights are float32, (out, in) as nn.Linear stores them, either as rows or transposed (the
  * column-major layout of use_inference_layout), or int8 rows with per-output scales (--quantize
- * int8: weights widened to float32 in registers, activations never quantized); any bias or
- * LayerNorm weight may be NULL (bias=False, no affine). Keys and values are the KV cache's buffers, (B, H, capacity, D) per
- * layer: the t-th new token of row b is written at slot slots[b] + t and attends to the row's
- * slots up to its own (those marked in valid (B, capacity), when given: left padding).
- * Rows never mix, and a row's arithmetic does not depend on the other rows or the thread count.
+ * int8: widened to float32 in registers, activations never quantized); any bias or LayerNorm
+ * weight may be NULL (bias=False, no affine). Keys and values are the KV cache's buffers,
+ * (B, H, capacity, D) per layer: the t-th new token of row b is written at slot slots[b] + t and
+ * attends to the row's slots up to its own (those marked in valid (B, capacity), when given:
+ * left padding). Rows never mix, and a row's arithmetic does not depend on the other rows or the
+ * thread count.
  *
  * Threads: a step's weights come from beyond the core's own caches (10.6 MB against 0.5-2 MB of
  * L2), and one core cannot keep enough reads in flight to use the memory bandwidth: measured on
  * an AMD EPYC, the 24 products of the default GPT took 325-450 us on one core and 168-175 us split
  * over two. So the products, the attention heads and the GELU are split over ``threads`` parts:
- * the caller's thread and workers of a small pool that spin for a millisecond after each part
- * (a decode loop's next step comes sooner than that) and then sleep.
+ * the caller's thread and workers of a small pool. Within a step the workers spin for the next
+ * part; between steps they sleep, and the first part of a step wakes them. (Spinning between
+ * steps too made the PyTorch work between them, a drafter's LSTM step for instance, 2x slower:
+ * its OpenMP threads shared a core with a spinning worker.)
  *
- * Compiled by rnn2gpt.models.native with -O3 -mavx2 -mfma.
+ * Compiled with -O3 -mavx2 -mfma -pthread.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -74,7 +82,7 @@ typedef struct {
 /* ------------------------------------------------------------------ the worker pool */
 
 #define MAX_THREADS 64
-#define SPIN_NANOSECONDS 1000000 /* a worker spins this long for the next part, then sleeps */
+#define SPIN_NANOSECONDS 1000000 /* within a step, a worker spins at most this long, then sleeps */
 
 typedef void (*Task)(const void *context, int64_t part, int64_t parts);
 
@@ -87,6 +95,7 @@ static struct {
     _Atomic int64_t generation;     /* bumped once per parallel run */
     _Atomic int64_t pending;        /* parts of the current run not finished by workers */
     _Atomic int64_t sleepers;
+    _Atomic int parked; /* no step is running: workers sleep rather than spin */
     Task task;
     const void *context;
     int64_t parts;
@@ -108,6 +117,7 @@ static int64_t next_generation(int64_t seen) {
     for (int64_t spins = 1;; spins++) {
         int64_t now = atomic_load_explicit(&pool.generation, memory_order_acquire);
         if (now != seen) return now;
+        if (atomic_load_explicit(&pool.parked, memory_order_relaxed)) break;
         _mm_pause();
         if ((spins & 1023) == 0) {
             if (deadline == 0)
@@ -237,40 +247,83 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 
 static inline void store(float *y, float value, int add) { *y = add ? *y + value : value; }
 
-/* Outputs [begin, end) of y (rows, n) = x (rows, k) . w (n, k)^T + b on the row layout; with add,
- * y += that instead (the residual). Four outputs at a time: each load of x serves four weight
- * rows, which stay in L1 while every row of x passes over them. */
-static void linear_rows(const float *x, int64_t rows, int64_t k, const float *w, const float *b,
-                        int64_t n, float *y, int add, int64_t begin, int64_t end) {
-    int64_t o = begin;
-    for (; o + 4 <= end; o += 4) {
-        const float *w0 = w + o * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
-        for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * k;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-            int64_t i = 0;
-            for (; i + 8 <= k; i += 8) {
-                __m256 xv = _mm256_loadu_ps(xr + i);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
-            }
-            float s[4] = {sum_lanes(a0), sum_lanes(a1), sum_lanes(a2), sum_lanes(a3)};
-            for (; i < k; i++) {
-                s[0] += xr[i] * w0[i];
-                s[1] += xr[i] * w1[i];
-                s[2] += xr[i] * w2[i];
-                s[3] += xr[i] * w3[i];
-            }
-            for (int j = 0; j < 4; j++) store(y + r * n + o + j, s[j] + (b ? b[o + j] : 0.0f), add);
-        }
-    }
-    for (; o < end; o++) /* the last 1-3 outputs */
-        for (int64_t r = 0; r < rows; r++)
-            store(y + r * n + o, dot(x + r * k, w + o * k, k) + (b ? b[o] : 0.0f), add);
+/* Eight weights at p as float32 lanes: float32 ones as they are, int8 ones widened. */
+static inline __m256 load8_float(const float *p) { return _mm256_loadu_ps(p); }
+
+static inline __m256 load8_int8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
+
+/* Outputs [begin, end) of y (rows, n) = (x (rows, k) . w (n, k)^T) * scale + b on the row layout
+ * (scale: one per output, or NULL for 1); with add, y += that instead (the residual). Four
+ * outputs at a time, for two rows of x at a time: each load of x serves four weight rows and each
+ * weight load two rows of x, the weight rows stay in L1 while every row of x passes over them,
+ * and the eight accumulators hide the FMA latency. Every output is summed in the same order
+ * whatever the number of rows, so a row's numbers do not depend on the others. Written once for float32
+ * weights (linear_rows) and for int8 ones widened in registers (linear_int8: a quarter of the
+ * bytes read, float32 arithmetic). */
+#define DEFINE_LINEAR_BY_ROWS(NAME, WEIGHT, LOAD8)                                                 \
+    static void NAME(const float *x, int64_t rows, int64_t k, const WEIGHT *w, const float *scale, \
+                     const float *b, int64_t n, float *y, int add, int64_t begin, int64_t end) {   \
+        int64_t o = begin;                                                                          \
+        for (; o + 4 <= end; o += 4) {                                                              \
+            const WEIGHT *wr[4] = {w + o * k, w + (o + 1) * k, w + (o + 2) * k, w + (o + 3) * k};   \
+            int64_t r = 0;                                                                          \
+            for (; r + 2 <= rows; r += 2) { /* two rows of x: each weight load serves both */      \
+                const float *x0 = x + r * k, *x1 = x0 + k;                                          \
+                __m256 a[2][4];                                                                     \
+                for (int j = 0; j < 4; j++) a[0][j] = a[1][j] = _mm256_setzero_ps();               \
+                int64_t i = 0;                                                                      \
+                for (; i + 8 <= k; i += 8) {                                                        \
+                    const __m256 xv0 = _mm256_loadu_ps(x0 + i), xv1 = _mm256_loadu_ps(x1 + i);     \
+                    for (int j = 0; j < 4; j++) {                                                   \
+                        const __m256 wv = LOAD8(wr[j] + i);                                         \
+                        a[0][j] = _mm256_fmadd_ps(wv, xv0, a[0][j]);                                \
+                        a[1][j] = _mm256_fmadd_ps(wv, xv1, a[1][j]);                                \
+                    }                                                                               \
+                }                                                                                   \
+                for (int h = 0; h < 2; h++)                                                         \
+                    for (int j = 0; j < 4; j++) {                                                   \
+                        const float *xr = h ? x1 : x0;                                              \
+                        float s = sum_lanes(a[h][j]);                                               \
+                        for (int64_t t = i; t < k; t++) s += xr[t] * wr[j][t];                      \
+                        store(y + (r + h) * n + o + j,                                              \
+                              s * (scale ? scale[o + j] : 1.0f) + (b ? b[o + j] : 0.0f), add);      \
+                    }                                                                               \
+            }                                                                                       \
+            for (; r < rows; r++) { /* the last row */                                              \
+                const float *xr = x + r * k;                                                        \
+                __m256 a[4];                                                                        \
+                for (int j = 0; j < 4; j++) a[j] = _mm256_setzero_ps();                             \
+                int64_t i = 0;                                                                      \
+                for (; i + 8 <= k; i += 8) {                                                        \
+                    const __m256 xv = _mm256_loadu_ps(xr + i);                                      \
+                    for (int j = 0; j < 4; j++) a[j] = _mm256_fmadd_ps(LOAD8(wr[j] + i), xv, a[j]); \
+                }                                                                                   \
+                for (int j = 0; j < 4; j++) {                                                       \
+                    float s = sum_lanes(a[j]);                                                      \
+                    for (int64_t t = i; t < k; t++) s += xr[t] * wr[j][t]; /* k % 8 */             \
+                    store(y + r * n + o + j,                                                        \
+                          s * (scale ? scale[o + j] : 1.0f) + (b ? b[o + j] : 0.0f), add);          \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (; o < end; o++) { /* the last 1-3 outputs */                                           \
+            const WEIGHT *wo = w + o * k;                                                           \
+            for (int64_t r = 0; r < rows; r++) {                                                    \
+                const float *xr = x + r * k;                                                        \
+                __m256 a = _mm256_setzero_ps();                                                     \
+                int64_t i = 0;                                                                      \
+                for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(LOAD8(wo + i), _mm256_loadu_ps(xr + i), a); \
+                float s = sum_lanes(a);                                                             \
+                for (; i < k; i++) s += xr[i] * wo[i];                                              \
+                store(y + r * n + o, s * (scale ? scale[o] : 1.0f) + (b ? b[o] : 0.0f), add);       \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+DEFINE_LINEAR_BY_ROWS(linear_rows, float, load8_float)
+DEFINE_LINEAR_BY_ROWS(linear_int8, int8_t, load8_int8)
 
 static inline void finish(float *y, __m256 acc, const float *b, int add) {
     if (b) acc = _mm256_add_ps(acc, _mm256_loadu_ps(b));
@@ -336,55 +389,6 @@ static void linear_transposed(const float *x, int64_t rows, int64_t k, const flo
     for (; r < rows; r++) transposed_one_row(x + r * k, k, wt, b, n, y + r * n, add, begin, end);
 }
 
-/* Eight int8 weights at p, as eight float32 lanes. */
-static inline __m256 widen8(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
-/* Outputs [begin, end) of y = x . (q * scale)^T + b on int8 rows, as kernels/int8_gemv.c: the
- * dot product with the int8 weights in float32, times the output's scale, plus the bias. */
-static void linear_int8(const float *x, int64_t rows, int64_t k, const int8_t *q, const float *scale,
-                        const float *b, int64_t n, float *y, int add, int64_t begin, int64_t end) {
-    int64_t o = begin;
-    for (; o + 4 <= end; o += 4) {
-        const int8_t *q0 = q + o * k, *q1 = q0 + k, *q2 = q1 + k, *q3 = q2 + k;
-        for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * k;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-            int64_t i = 0;
-            for (; i + 8 <= k; i += 8) {
-                __m256 xv = _mm256_loadu_ps(xr + i);
-                a0 = _mm256_fmadd_ps(widen8(q0 + i), xv, a0);
-                a1 = _mm256_fmadd_ps(widen8(q1 + i), xv, a1);
-                a2 = _mm256_fmadd_ps(widen8(q2 + i), xv, a2);
-                a3 = _mm256_fmadd_ps(widen8(q3 + i), xv, a3);
-            }
-            float s[4] = {sum_lanes(a0), sum_lanes(a1), sum_lanes(a2), sum_lanes(a3)};
-            for (; i < k; i++) {
-                s[0] += xr[i] * q0[i];
-                s[1] += xr[i] * q1[i];
-                s[2] += xr[i] * q2[i];
-                s[3] += xr[i] * q3[i];
-            }
-            for (int j = 0; j < 4; j++)
-                store(y + r * n + o + j, s[j] * scale[o + j] + (b ? b[o + j] : 0.0f), add);
-        }
-    }
-    for (; o < end; o++) { /* the last 1-3 outputs */
-        const int8_t *qo = q + o * k;
-        for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * k;
-            __m256 a = _mm256_setzero_ps();
-            int64_t i = 0;
-            for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(widen8(qo + i), _mm256_loadu_ps(xr + i), a);
-            float s = sum_lanes(a);
-            for (; i < k; i++) s += xr[i] * qo[i];
-            store(y + r * n + o, s * scale[o] + (b ? b[o] : 0.0f), add);
-        }
-    }
-}
-
 /* GELU of x[begin, end) of each of rows rows of width n, in place: 1 = erf (exact), 2 = tanh. */
 static void gelu(float *x, int64_t rows, int64_t n, int64_t begin, int64_t end, int form) {
     const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
@@ -422,7 +426,7 @@ static void linear_part(const void *context, int64_t part, int64_t parts) {
     else if (t->w.kind == INT8)
         linear_int8(t->x, t->rows, t->k, t->w.data, t->w.scale, t->b, t->n, t->y, t->add, begin, end);
     else
-        linear_rows(t->x, t->rows, t->k, t->w.data, t->b, t->n, t->y, t->add, begin, end);
+        linear_rows(t->x, t->rows, t->k, t->w.data, NULL, t->b, t->n, t->y, t->add, begin, end);
     if (t->gelu) gelu(t->y, t->rows, t->n, begin, end, t->gelu);
 }
 
@@ -541,13 +545,18 @@ int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const in
     const int64_t C = m->width, H = m->n_head, D = C / H, F = m->inner, N = batch * steps;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     int own_pool = threads > 1 && pthread_mutex_trylock(&pool.busy) == 0;
-    if (own_pool)
+    if (own_pool) {
         threads = ensure_workers(threads);
-    else
+        atomic_store(&pool.parked, 0); /* the workers spin between this step's parts */
+    } else {
         threads = 1; /* another thread's step holds the workers */
+    }
     float *buffer = malloc(sizeof(float) * (size_t)(N * (C * 6 + F) + threads * capacity));
     if (!buffer) {
-        if (own_pool) pthread_mutex_unlock(&pool.busy);
+        if (own_pool) {
+            atomic_store(&pool.parked, 1);
+            pthread_mutex_unlock(&pool.busy);
+        }
         return -1;
     }
     float *x = buffer, *h = x + N * C, *qkv = h + N * C, *att = qkv + N * 3 * C;
@@ -574,6 +583,16 @@ int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const in
     layer_norm(x, N, C, m->lnf_w, m->lnf_b, m->eps, h);
     linear(h, N, C, m->head, m->head_b, m->vocab, logits, 0, 0, threads);
     free(buffer);
-    if (own_pool) pthread_mutex_unlock(&pool.busy);
+    if (own_pool) {
+        atomic_store(&pool.parked, 1); /* between steps the cores are PyTorch's: sleep */
+        pthread_mutex_unlock(&pool.busy);
+    }
     return 0;
+}
+
+/* y (rows, n) = x (rows, k) . (q (n, k) * scale (n))^T + bias (n), outputs [begin, end) only;
+ * bias may be NULL. x, scale, bias and y float32, q int8 (Int8Linear's buffers); one thread. */
+void rnn2gpt_int8_gemv(const float *x, const int8_t *q, const float *scale, const float *bias,
+                       float *y, int64_t rows, int64_t k, int64_t n, int64_t begin, int64_t end) {
+    linear_int8(x, rows, k, q, scale, bias, n, y, 0, begin, end);
 }
