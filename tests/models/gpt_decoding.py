@@ -7,6 +7,16 @@ import torch
 
 PROMPT = [[1, 5, 2, 7, 3, 3, 9], [4, 4, 8, 1, 0, 2, 6], [12, 11, 10, 9, 8, 7, 6]]
 
+# ModelConfig overrides every decoding path must hold for: id -> overrides.
+GPT_VARIANTS = {
+    "plain": {},
+    "no-bias": {"bias": False},
+    "gelu-tanh": {"activation": "gelu_tanh"},
+    "sinusoidal": {"pos_encoding": "sinusoidal"},
+    "untied": {"tie_weights": False},
+    "4-heads": {"n_head": 4},
+}
+
 
 def decode_logits(model, rows, steps=6, general=False, pad_mask=None, slots=False):
     """Prefill ``rows``, feed 3 tokens at once (a speculative check), then ``steps`` tokens one at

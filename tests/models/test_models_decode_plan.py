@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpt_decoding import PROMPT, decode_logits
+from gpt_decoding import GPT_VARIANTS, PROMPT, decode_logits
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.generation import generate
@@ -33,19 +33,10 @@ def _assert_same_steps(model, rows=PROMPT, **kwargs) -> None:
     torch.testing.assert_close(fast, general, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        {"bias": False},
-        {"activation": "gelu_tanh"},
-        {"pos_encoding": "sinusoidal"},
-        {"tie_weights": False},
-        {"adaptive_cutoffs": (6,)},
-        {"n_head": 4},
-    ],
-    ids=["plain", "no-bias", "gelu-tanh", "sinusoidal", "untied", "adaptive", "4-heads"],
-)
+VARIANTS = {**GPT_VARIANTS, "adaptive": {"adaptive_cutoffs": (6,)}}
+
+
+@pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
 def test_flattened_step_equals_general_path(make_model, overrides) -> None:
     _assert_same_steps(make_model(**overrides))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpt_decoding import PROMPT, decode_logits
+from gpt_decoding import GPT_VARIANTS, PROMPT, decode_logits
 
 from rnn2gpt.config import GenerationConfig
 from rnn2gpt.generation import generate
@@ -47,20 +47,14 @@ def _assert_close_to_general(model, calls, rows=PROMPT, steps=6, **kwargs):
     torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        {"bias": False},
-        {"activation": "gelu_tanh"},
-        {"pos_encoding": "sinusoidal"},
-        {"tie_weights": False},
-        {"n_head": 4},
-        {"n_embd": 20, "n_head": 4},  # head width 5, rows of 20: every scalar tail
-        {"n_embd": 96, "n_head": 3, "vocab_size": 70},  # head width 32, chunks of 64 outputs
-    ],
-    ids=["plain", "no-bias", "gelu-tanh", "sinusoidal", "untied", "4-heads", "odd", "wide"],
-)
+VARIANTS = {
+    **GPT_VARIANTS,
+    "odd": {"n_embd": 20, "n_head": 4},  # head width 5, rows of 20: every scalar tail
+    "wide": {"n_embd": 96, "n_head": 3, "vocab_size": 70},  # head width 32, 64-output chunks
+}
+
+
+@pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
 @pytest.mark.parametrize("layout", ["rows", "column-major"])
 def test_c_step_equals_general_path(make_model, c_steps, overrides, layout):
     model = make_model(**overrides)
