@@ -118,6 +118,17 @@ def test_a_row_does_not_depend_on_its_neighbours(make_model, c_steps):
     assert all(torch.equal(a[1:2], b) for a, b in zip(state.keys, alone.keys, strict=True))
 
 
+def test_a_token_outside_the_vocabulary_is_an_index_error(make_model, c_steps):
+    model = make_model()
+    with torch.inference_mode():
+        state = model.new_state(1)
+        model(torch.tensor([PROMPT[0]]), state)
+        for bad in (13, -1):  # the vocabulary has 13 tokens
+            with pytest.raises(IndexError, match="token ids must be in 0..12"):
+                model(torch.tensor([[bad]]), state)
+        assert state.length == 7  # nothing was written
+
+
 def test_more_tokens_than_it_takes_run_in_pytorch(make_model, c_steps):
     rows = (PROMPT * 3)[: MAX_ROWS + 1]
     decode_logits(make_model(), rows)

@@ -167,6 +167,10 @@ class NativeStep:
             else:
                 positions = per_row.reshape(-1).tolist()
             valid = cache.valid
+        token_ids = tokens.reshape(-1).tolist()
+        if min(token_ids) < 0 or max(token_ids) >= self._vocab:
+            # C would read outside the embedding: the same error as nn.Embedding's instead.
+            raise IndexError(f"token ids must be in 0..{self._vocab - 1}; got {token_ids}")
         per_token = ctypes.c_int64 * (batch * steps)
         logits = torch.empty(batch, steps, self._vocab, dtype=torch.float32)
         keys, values = self._cache_pointers(cache)
@@ -174,7 +178,7 @@ class NativeStep:
             ctypes.byref(self._weights),
             batch,
             steps,
-            per_token(*tokens.reshape(-1).tolist()),
+            per_token(*token_ids),
             per_token(*positions),
             (ctypes.c_int64 * batch)(*slots),
             None if valid is None else valid.contiguous().data_ptr(),
