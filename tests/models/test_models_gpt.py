@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnn2gpt.errors import ContextLengthError
-from rnn2gpt.models import KVCache
+from rnn2gpt.models import KVCache, native_ops
 from rnn2gpt.models.gpt import SINUSOID_SCALE, sinusoidal_table
 from rnn2gpt.models.ops import SMALL_GELU_NUMEL, dropout, gelu
 
@@ -84,12 +84,16 @@ def test_gelu_helper_equals_pytorch_and_leaves_onednn_on(numel, approximate) -> 
     with torch.no_grad():
         torch.testing.assert_close(gelu(x, approximate), expected, atol=2e-6, rtol=1e-6)
     assert torch.backends.mkldnn.enabled  # the small path switches oneDNN off for one kernel only
-    # Under autograd every size takes PyTorch's own call, gradient included.
+    # Under autograd a small tensor takes PyTorch's own call, gradient included; a large one
+    # the C kernel where it runs (models/native_ops.py), within float rounding.
     leaf = x.clone().requires_grad_()
     gelu(leaf, approximate).sum().backward()
     reference = x.clone().requires_grad_()
     torch.nn.functional.gelu(reference, approximate=approximate).sum().backward()
-    assert torch.equal(leaf.grad, reference.grad)
+    if approximate == "none" and numel > SMALL_GELU_NUMEL and native_ops.usable(x):
+        torch.testing.assert_close(leaf.grad, reference.grad, atol=1e-6, rtol=1e-5)
+    else:
+        assert torch.equal(leaf.grad, reference.grad)
 
 
 def test_dropout_helper_is_skipped_only_where_it_is_the_identity() -> None:

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         f"oneDNN {'yes' if build['onednn'] else 'no'}; {build['threads']} threads",
         f"fastpaths  {report['fastpaths']} (RNN2GPT_FASTPATHS)",
         f"train      precision=auto runs {report['train']['precision_reason']}",
+        f"train      kernels: {report['train']['kernels']}",
     ]
     lines += [f"generate   {name}: {path}" for name, path in report["generate"].items()]
     bench = report["bench"]

@@ -138,6 +138,11 @@ class KVCache:
 
     # ------------------------------------------------------------------ used by the model
 
+    def is_fresh(self, layer: int) -> bool:
+        """Whether ``layer`` holds nothing yet in a light cache: its next ``append`` references
+        the new keys and values, and attention sees those alone."""
+        return self.length == 0 and self.keys[layer] is None
+
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store a layer's new keys/values (B, H, T, D) after ``length``; return all (B, H, S, D).
 
@@ -386,6 +391,10 @@ class SlotKVCache:
         queries = self.positions(steps)  # (B, T)
         slots = torch.arange(self.attended(steps), device=self.lengths.device)
         return (slots[None, None, :] <= queries[:, :, None])[:, None], False
+
+    def is_fresh(self, layer: int) -> bool:
+        """Never: a slot cache's buffers are allocated, and its rows have lengths of their own."""
+        return False
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write a layer's new keys/values (B, H, T, D) at each row's own positions; return the

@@ -1,11 +1,13 @@
 """C kernels for x86 CPUs with AVX2 and FMA: compiled on first use, loaded with ctypes.
 
 The kernels live in ``kernels/avx2.c``, which ships with the package: the int8 weight-only matrix
-product (:mod:`rnn2gpt.models.avx2_int8`) and a GPT's decoding forward over a few tokens in one
-call (:mod:`rnn2gpt.models.native_step`).
+product (:mod:`rnn2gpt.models.avx2_int8`), a GPT's decoding forward over a few tokens in one
+call (:mod:`rnn2gpt.models.native_step`), and the GELU and causal attention of GPT training
+(:mod:`rnn2gpt.models.native_ops`). OpenMP links the library to the OpenMP runtime PyTorch has
+already loaded (the same ``libgomp.so.1``), so the training kernels run on PyTorch's own threads.
 
 On first use a kernel is compiled with the machine's C compiler (``$CC``, else ``cc``, ``gcc``
-or ``clang``; ``-O3 -mavx2 -mfma``, under a second) into ``<cache>/kernels/``
+or ``clang``; ``-O3 -mavx2 -mfma -fopenmp``, under a second) into ``<cache>/kernels/``
 (:func:`rnn2gpt.config.default_cache_dir`), named after a hash of the source, the compiler and
 the flags, written atomically (processes building at once never load half a file), and loaded
 with ctypes for the rest of the process. ctypes releases the GIL during a call, so the server's
@@ -35,7 +37,10 @@ from ..hardware import cpu_capability, cpu_features, fastpaths_enabled
 logger = logging.getLogger(__name__)
 
 KERNELS_DIR = Path(__file__).parent / "kernels"
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-fopenmp")
+# A compiler without OpenMP (clang without libomp) builds the kernels without it: the training
+# kernels (native_ops) then run on one thread.
+OPENMP = "-fopenmp"
 LIBRARIES = ("-lm",)  # after the source: erff, expf, tanhf
 _COMPILERS = ("cc", "gcc", "clang")
 _COMPILE_SECONDS = 120
@@ -100,12 +105,23 @@ def compiler() -> str | None:
 
 
 def built_library(source: Path) -> Path:
-    """``source`` compiled into the cache, built there first if missing (atomically)."""
+    """``source`` compiled into the cache, built there first if missing (atomically); with
+    OpenMP where the compiler has it, else without."""
+    try:
+        return _build(source, FLAGS)
+    except RuntimeError as exc:
+        if "no C compiler" in str(exc):
+            raise
+        logger.info("building %s with OpenMP failed (%s); building without", source.name, exc)
+        return _build(source, tuple(flag for flag in FLAGS if flag != OPENMP))
+
+
+def _build(source: Path, flags: tuple[str, ...]) -> Path:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler found")
     text = source.read_bytes()
-    digest = hashlib.sha256(text + " ".join((cc, *FLAGS, *LIBRARIES)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(text + " ".join((cc, *flags, *LIBRARIES)).encode()).hexdigest()[:16]
     target = default_cache_dir() / "kernels" / f"{source.stem}-{digest}.so"
     if target.exists():
         return target
@@ -113,7 +129,7 @@ def built_library(source: Path) -> Path:
     scratch = target.with_name(f".build-{os.getpid()}-{target.name}")
     try:
         result = subprocess.run(
-            [cc, *FLAGS, "-o", str(scratch), str(source), *LIBRARIES],
+            [cc, *flags, "-o", str(scratch), str(source), *LIBRARIES],
             capture_output=True,
             text=True,
             timeout=_COMPILE_SECONDS,

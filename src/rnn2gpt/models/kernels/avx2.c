@@ -2,7 +2,9 @@
  *
  * - rnn2gpt_int8_gemv: the int8 weight-only matrix product of Int8Linear (models/avx2_int8.py);
  * - rnn2gpt_gpt_step: a decoding forward of a GPT over a few new tokens per row
- *   (models/native_step.py), described here.
+ *   (models/native_step.py), described here;
+ * - rnn2gpt_gelu, rnn2gpt_causal_attention(_backward): the exact GELU and a GPT's causal
+ *   attention, forward and backward, for training (models/native_ops.py; see "training kernels").
  *
  * The step is the arithmetic of rnn2gpt.models.decode_plan.planned_forward (a decode step, or a
  * speculative check of a few drafted tokens) in evaluation mode (dropout is the identity),
@@ -32,7 +34,8 @@
  * steps too made the PyTorch work between them, a drafter's LSTM step for instance, 2x slower:
  * its OpenMP threads shared a core with a spinning worker.)
  *
- * Compiled with -O3 -mavx2 -mfma -pthread.
+ * Compiled with -O3 -mavx2 -mfma -pthread -fopenmp (OpenMP for the training kernels only: they
+ * run on PyTorch's own OpenMP threads).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -220,6 +223,24 @@ static void run_parts(Task task, const void *context, int64_t parts) {
 static void share(int64_t units, int64_t part, int64_t parts, int64_t *begin, int64_t *end) {
     *begin = units * part / parts;
     *end = units * (part + 1) / parts;
+}
+
+/* Take the workers for one call of a kernel: returns how many parts it may split into, and sets
+ * *owned when it holds the pool (then release_pool must follow). Another thread's call holding
+ * the workers leaves this one on its own thread. */
+static int64_t take_pool(int64_t threads, int *owned) {
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    *owned = threads > 1 && pthread_mutex_trylock(&pool.busy) == 0;
+    if (!*owned) return 1;
+    threads = ensure_workers(threads);
+    atomic_store(&pool.parked, 0); /* the workers spin between this call's parts */
+    return threads;
+}
+
+static void release_pool(int owned) {
+    if (!owned) return;
+    atomic_store(&pool.parked, 1); /* between calls the cores are PyTorch's: sleep */
+    pthread_mutex_unlock(&pool.busy);
 }
 
 /* ------------------------------------------------------------------ arithmetic */
@@ -543,20 +564,11 @@ int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const in
                      float *const *keys, float *const *values, int64_t capacity,
                      int64_t block_size, float *logits, int64_t threads) {
     const int64_t C = m->width, H = m->n_head, D = C / H, F = m->inner, N = batch * steps;
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    int own_pool = threads > 1 && pthread_mutex_trylock(&pool.busy) == 0;
-    if (own_pool) {
-        threads = ensure_workers(threads);
-        atomic_store(&pool.parked, 0); /* the workers spin between this step's parts */
-    } else {
-        threads = 1; /* another thread's step holds the workers */
-    }
+    int own_pool;
+    threads = take_pool(threads, &own_pool);
     float *buffer = malloc(sizeof(float) * (size_t)(N * (C * 6 + F) + threads * capacity));
     if (!buffer) {
-        if (own_pool) {
-            atomic_store(&pool.parked, 1);
-            pthread_mutex_unlock(&pool.busy);
-        }
+        release_pool(own_pool);
         return -1;
     }
     float *x = buffer, *h = x + N * C, *qkv = h + N * C, *att = qkv + N * 3 * C;
@@ -583,10 +595,7 @@ int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const in
     layer_norm(x, N, C, m->lnf_w, m->lnf_b, m->eps, h);
     linear(h, N, C, m->head, m->head_b, m->vocab, logits, 0, 0, threads);
     free(buffer);
-    if (own_pool) {
-        atomic_store(&pool.parked, 1); /* between steps the cores are PyTorch's: sleep */
-        pthread_mutex_unlock(&pool.busy);
-    }
+    release_pool(own_pool);
     return 0;
 }
 
@@ -595,4 +604,413 @@ int rnn2gpt_gpt_step(const GptWeights *m, int64_t batch, int64_t steps, const in
 void rnn2gpt_int8_gemv(const float *x, const int8_t *q, const float *scale, const float *bias,
                        float *y, int64_t rows, int64_t k, int64_t n, int64_t begin, int64_t end) {
     linear_int8(x, rows, k, q, scale, bias, n, y, 0, begin, end);
+}
+
+/* ------------------------------------------------------------------ training kernels
+ *
+ * The exact GELU and a GPT's causal attention, forward and backward, for training and for any
+ * forward over a fresh sequence (models/native_ops.py wraps them as autograd functions). On the
+ * nanoGPT-size GPT PyTorch's own kernels for these took 11 of a 50 ms step on an AMD EPYC: the
+ * GELU by oneDNN, the attention by the flash kernel, which needs q, k and v copied out of the
+ * packed projection and its output copied back. Here the attention reads q, k and v where the
+ * projection wrote them, (B, T, 3C), and writes its output where the next projection reads it,
+ * (B, T, C). Every element is computed in the same order for any thread count. */
+
+/* e^x for x <= 0, lane by lane (relative error about 1e-7; e^x < 1.8e-35 gives that bound's
+ * value, far below what a float32 sum of ones can see). n = round(x / ln 2), r = x - n ln 2 in
+ * two parts (|r| <= ln 2 / 2), e^r by its Taylor series to r^7 / 7!, then times 2^n. */
+static inline __m256 exp_nonpositive(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-80.0f)); /* 2^n stays a normal float: no slow denormals */
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* The standard normal CDF of x, Phi(x) = (1 + erf(x / sqrt 2)) / 2, and the density term
+ * exp(-x^2 / 2) (the caller scales it by 1 / sqrt(2 pi)). erf(a) for a >= 0 is
+ * 1 - t (a1 + a2 t + ... + a5 t^4) exp(-a^2), t = 1 / (1 + p a) (Abramowitz and Stegun 7.1.26,
+ * absolute error under 1.5e-7); below zero, Phi(x) = 1 - Phi(-x) is taken from the small tail
+ * directly rather than as 1 minus a number near 1. */
+static inline __m256 normal_cdf(__m256 x, __m256 *density) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 a = _mm256_andnot_ps(sign_bit, _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)));
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                             _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, _mm256_set1_ps(1.0f)));
+    __m256 poly = _mm256_set1_ps(1.061405429f);
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+    __m256 e = exp_nonpositive(_mm256_mul_ps(_mm256_mul_ps(a, a), _mm256_set1_ps(-1.0f)));
+    *density = e;
+    __m256 tail = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(poly, t)), e);
+    __m256 upper = _mm256_sub_ps(_mm256_set1_ps(1.0f), tail);
+    return _mm256_blendv_ps(upper, tail, x); /* x's sign bit picks the lower tail */
+}
+
+typedef struct {
+    const float *x, *dy; /* dy: NULL for the forward */
+    float *out;          /* y, or dx */
+    int64_t n;
+} GeluTask;
+
+/* Elements [begin, end) of this part in whole vectors; the last part takes the tail through a
+ * scratch vector. y = x Phi(x); dx = dy (Phi(x) + x phi(x)). */
+static void gelu_part(const void *context, int64_t part, int64_t parts) {
+    const GeluTask *g = context;
+    const __m256 inv_sqrt_2pi = _mm256_set1_ps(0.39894228040143268f);
+    int64_t vectors = g->n / 8, begin, end;
+    share(vectors, part, parts, &begin, &end);
+    int64_t stop = part == parts - 1 ? g->n : end * 8;
+    for (int64_t i = begin * 8; i < stop; i += 8) {
+        float xs[8] = {0}, dys[8] = {0}, outs[8];
+        int64_t count = stop - i < 8 ? stop - i : 8;
+        const float *xp = g->x + i, *dyp = g->dy ? g->dy + i : NULL;
+        if (count < 8) {
+            for (int64_t j = 0; j < count; j++) {
+                xs[j] = xp[j];
+                if (dyp) dys[j] = dyp[j];
+            }
+            xp = xs;
+            dyp = dyp ? dys : NULL;
+        }
+        __m256 x = _mm256_loadu_ps(xp), density;
+        __m256 cdf = normal_cdf(x, &density), result;
+        if (dyp) {
+            __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, density), inv_sqrt_2pi, cdf);
+            result = _mm256_mul_ps(_mm256_loadu_ps(dyp), slope);
+        } else {
+            result = _mm256_mul_ps(x, cdf);
+        }
+        if (count < 8) {
+            _mm256_storeu_ps(outs, result);
+            for (int64_t j = 0; j < count; j++) g->out[i + j] = outs[j];
+        } else {
+            _mm256_storeu_ps(g->out + i, result);
+        }
+    }
+}
+
+/* y (n) = GELU(x) (the exact, erf form), or with dy given, dx (n) = dy * GELU'(x); split over
+ * ``threads`` OpenMP threads as the attention is. */
+void rnn2gpt_gelu(const float *x, const float *dy, float *out, int64_t n, int64_t threads) {
+    GeluTask task = {x, dy, out, n};
+    /* Parts of at least 16k elements: a smaller one costs more to hand over than to compute. */
+    int64_t parts = n / 16384 < threads ? n / 16384 : threads;
+    parts = parts < 1 ? 1 : parts;
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) gelu_part(&task, part, parts);
+}
+
+/* out[r][j] = sum_d x[r][d] m[d][j] for rows r < rows (at most 4; row r of x at x + r x_stride,
+ * of out at out + r out_stride) and j < count, m (dim, stride) row-major: rows of x times a matrix
+ * kept transposed. Each load of m serves the four rows (four independent accumulators), eight
+ * outputs a vector; the lanes of the last vector past count are computed too (out's rows must
+ * hold count rounded up to 8). */
+static void rows_times_columns(const float *x, int64_t x_stride, int64_t rows, const float *m,
+                               int64_t dim, int64_t stride, int64_t count, float *out,
+                               int64_t out_stride) {
+    const float *x1 = x + (rows > 1 ? x_stride : 0), *x2 = x + (rows > 2 ? 2 * x_stride : 0);
+    const float *x3 = x + (rows > 3 ? 3 * x_stride : 0);
+    for (int64_t j = 0; j < count; j += 8) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < dim; d++) {
+            __m256 md = _mm256_loadu_ps(m + d * stride + j);
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[d]), md, a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(x1[d]), md, a1);
+            a2 = _mm256_fmadd_ps(_mm256_set1_ps(x2[d]), md, a2);
+            a3 = _mm256_fmadd_ps(_mm256_set1_ps(x3[d]), md, a3);
+        }
+        __m256 sums[4] = {a0, a1, a2, a3};
+        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out + r * out_stride + j, sums[r]);
+    }
+}
+
+/* out (dim) = sum_{j < count} w[j] v_j (+ out with accumulate), v_j = v + j v_stride: the
+ * weighted sum of rows, 32 features at a time in registers, even and odd j in separate
+ * accumulators (two FMA chains per vector hide the FMA latency). */
+static void weighted_rows(const float *w, int64_t count, const float *v, int64_t v_stride,
+                          int64_t dim, float *out, int accumulate) {
+    int64_t d = 0;
+    for (; d + 32 <= dim; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t j = 0;
+        for (; j + 2 <= count; j += 2) {
+            const float *vj = v + j * v_stride + d, *vk = vj + v_stride;
+            __m256 wj = _mm256_set1_ps(w[j]), wk = _mm256_set1_ps(w[j + 1]);
+            a0 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj), a0);
+            a1 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8), a1);
+            a2 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 16), a2);
+            a3 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 24), a3);
+            b0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk), b0);
+            b1 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 8), b1);
+            b2 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 16), b2);
+            b3 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 24), b3);
+        }
+        if (j < count) {
+            const float *vj = v + j * v_stride + d;
+            __m256 wj = _mm256_set1_ps(w[j]);
+            a0 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj), a0);
+            a1 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8), a1);
+            a2 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 16), a2);
+            a3 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 24), a3);
+        }
+        __m256 sums[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1), _mm256_add_ps(a2, b2),
+                          _mm256_add_ps(a3, b3)};
+        for (int k = 0; k < 4; k++) {
+            float *o = out + d + 8 * k;
+            _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(sums[k], _mm256_loadu_ps(o)) : sums[k]);
+        }
+    }
+    for (; d + 8 <= dim; d += 8) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t j = 0; j < count; j++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + j * v_stride + d), a0);
+        float *o = out + d;
+        _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(a0, _mm256_loadu_ps(o)) : a0);
+    }
+    for (; d < dim; d++) {
+        float a = 0.0f;
+        for (int64_t j = 0; j < count; j++) a += w[j] * v[j * v_stride + d];
+        out[d] = accumulate ? out[d] + a : a;
+    }
+}
+
+/* out0 (dim) = sum_{i < count} w[i][0] v_i and out1 (dim) = sum_i w[i][1] v_i, w[i] = w + i
+ * w_stride, v_i = v + i v_stride: two weighted sums of the same rows (two columns of a matrix of
+ * weights), each row load serving both. */
+static void weighted_rows_two(const float *w, int64_t w_stride, int64_t count, const float *v,
+                              int64_t v_stride, int64_t dim, float *out0, float *out1) {
+    int64_t d = 0;
+    for (; d + 32 <= dim; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int64_t i = 0; i < count; i++) {
+            const float *vi = v + i * v_stride + d;
+            __m256 v0 = _mm256_loadu_ps(vi), v1 = _mm256_loadu_ps(vi + 8);
+            __m256 v2 = _mm256_loadu_ps(vi + 16), v3 = _mm256_loadu_ps(vi + 24);
+            __m256 wa = _mm256_set1_ps(w[i * w_stride]), wb = _mm256_set1_ps(w[i * w_stride + 1]);
+            a0 = _mm256_fmadd_ps(wa, v0, a0);
+            a1 = _mm256_fmadd_ps(wa, v1, a1);
+            a2 = _mm256_fmadd_ps(wa, v2, a2);
+            a3 = _mm256_fmadd_ps(wa, v3, a3);
+            b0 = _mm256_fmadd_ps(wb, v0, b0);
+            b1 = _mm256_fmadd_ps(wb, v1, b1);
+            b2 = _mm256_fmadd_ps(wb, v2, b2);
+            b3 = _mm256_fmadd_ps(wb, v3, b3);
+        }
+        _mm256_storeu_ps(out0 + d, a0);
+        _mm256_storeu_ps(out0 + d + 8, a1);
+        _mm256_storeu_ps(out0 + d + 16, a2);
+        _mm256_storeu_ps(out0 + d + 24, a3);
+        _mm256_storeu_ps(out1 + d, b0);
+        _mm256_storeu_ps(out1 + d + 8, b1);
+        _mm256_storeu_ps(out1 + d + 16, b2);
+        _mm256_storeu_ps(out1 + d + 24, b3);
+    }
+    for (; d + 8 <= dim; d += 8) {
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+        for (int64_t i = 0; i < count; i++) {
+            __m256 vi = _mm256_loadu_ps(v + i * v_stride + d);
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[i * w_stride]), vi, a0);
+            b0 = _mm256_fmadd_ps(_mm256_set1_ps(w[i * w_stride + 1]), vi, b0);
+        }
+        _mm256_storeu_ps(out0 + d, a0);
+        _mm256_storeu_ps(out1 + d, b0);
+    }
+    for (; d < dim; d++) {
+        float a = 0.0f, b = 0.0f;
+        for (int64_t i = 0; i < count; i++) {
+            a += w[i * w_stride] * v[i * v_stride + d];
+            b += w[i * w_stride + 1] * v[i * v_stride + d];
+        }
+        out0[d] = a;
+        out1[d] = b;
+    }
+}
+
+/* The (T, D) slice of one head of a (B * T, width) matrix, transposed into out (D, stride). */
+static void transpose_head(const float *src, int64_t width, int64_t T, int64_t D, int64_t stride,
+                           float *out) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) out[d * stride + t] = src[t * width + d];
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t t = T; t < stride; t++) out[d * stride + t] = 0.0f;
+}
+
+typedef struct {
+    const float *qkv; /* (B, T, 3C): q | k | v, head h at columns h D .. h D + D - 1 of each */
+    float *y;         /* (B, T, C) */
+    float *stats;     /* (B, H, T, 2): each query's largest scaled score and 1 / its softmax sum */
+    const float *dy;  /* backward: (B, T, C) */
+    float *dqkv;      /* backward: (B, T, 3C) */
+    int64_t batch, steps, heads, dim;
+} CausalTask;
+
+static int64_t padded8(int64_t n) { return (n + 7) / 8 * 8; }
+
+/* Scratch floats a (row, head) pair needs: two (D, stride) transposed heads and two (T, stride)
+ * matrices. */
+static int64_t causal_scratch(int64_t T, int64_t D) {
+    return (2 * D + 2 * T) * padded8(T);
+}
+
+/* Row i of p = softmax(scores) in place, from its raw scores q_i . k_j (j <= i): scaled, shifted
+ * by the largest, exponentiated, times 1 / sum; lanes past i become zeros up to the next multiple
+ * of 8. With stats NULL, its largest and 1 / sum are computed and stored in found (2); given,
+ * they are used as they are (the backward recomputes the forward's probabilities to the bit). */
+static void causal_probabilities(float *row, int64_t i, float scale, const float *stats,
+                                 float *found) {
+    int64_t vectors = (i + 8) / 8;
+    __m256 scale8 = _mm256_set1_ps(scale);
+    for (int64_t v = 0; v < vectors; v++)
+        _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), scale8));
+    float best = stats ? stats[0] : -INFINITY;
+    if (!stats)
+        for (int64_t j = 0; j <= i; j++) best = row[j] > best ? row[j] : best;
+    __m256 total8 = _mm256_setzero_ps(), shift = _mm256_set1_ps(best);
+    for (int64_t v = 0; v < vectors; v++) {
+        __m256 e = exp_nonpositive(_mm256_min_ps(_mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), shift),
+                                                 _mm256_setzero_ps()));
+        if (v == vectors - 1) { /* lanes past i: zero */
+            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(i + 1 - 8 * v)), lane);
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
+        }
+        _mm256_storeu_ps(row + 8 * v, e);
+        total8 = _mm256_add_ps(total8, e);
+    }
+    float inverse = stats ? stats[1] : 1.0f / sum_lanes(total8);
+    if (found) {
+        found[0] = best;
+        found[1] = inverse;
+    }
+    const __m256 inv = _mm256_set1_ps(inverse);
+    for (int64_t v = 0; v < vectors; v++)
+        _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), inv));
+}
+
+/* scores (T, stride): row i holds q_i . k_j for j <= i (and more up to its next multiple of 8),
+ * four queries at a time; keys_t: the head's keys transposed (D, stride). */
+static void causal_scores(const float *q, int64_t W, const float *k, int64_t T, int64_t D,
+                          float *keys_t, float *scores) {
+    const int64_t stride = padded8(T);
+    transpose_head(k, W, T, D, stride, keys_t);
+    for (int64_t i = 0; i < T; i += 4) {
+        int64_t rows = T - i < 4 ? T - i : 4;
+        rows_times_columns(q + i * W, W, rows, keys_t, D, stride, i + rows, scores + i * stride, stride);
+    }
+}
+
+/* Forward of one (row, head) pair: s(i, j) = q_i . k_j / sqrt(D) for j <= i, p = softmax over
+ * j, y_i = sum_j p(i, j) v_j; each query's largest score and 1 / sum go to stats. */
+static void causal_forward_pair(const CausalTask *c, int64_t pair, float *scratch) {
+    const int64_t T = c->steps, D = c->dim, C = c->heads * D, W = 3 * C, stride = padded8(T);
+    const float scale = 1.0f / sqrtf((float)D);
+    const int64_t b = pair / c->heads, h = pair % c->heads;
+    const float *q = c->qkv + b * T * W + h * D, *k = q + C, *v = q + 2 * C;
+    float *keys_t = scratch, *probs = keys_t + 2 * D * stride;
+    causal_scores(q, W, k, T, D, keys_t, probs);
+    for (int64_t i = 0; i < T; i++) {
+        float *row = probs + i * stride;
+        causal_probabilities(row, i, scale, NULL, c->stats + (pair * T + i) * 2);
+        weighted_rows(row, i + 1, v, W, D, c->y + (b * T + i) * C + h * D, 0);
+    }
+}
+
+/* Backward of one (row, head) pair, recomputing p from q, k and the saved stats (cheaper than
+ * keeping p: it would be written and read back from memory):
+ * dv_j = sum_i p(i, j) dy_i; dp(i, j) = dy_i . v_j; ds(i, j) = p(i, j) (dp(i, j) - sum_j' p dp);
+ * dq_i = sum_j ds(i, j) k_j / sqrt(D); dk_j = sum_i ds(i, j) q_i / sqrt(D). */
+static void causal_backward_pair(const CausalTask *c, int64_t pair, float *scratch) {
+    const int64_t T = c->steps, D = c->dim, C = c->heads * D, W = 3 * C, stride = padded8(T);
+    const float scale = 1.0f / sqrtf((float)D);
+    const int64_t b = pair / c->heads, h = pair % c->heads;
+    const float *q = c->qkv + b * T * W + h * D, *k = q + C, *v = q + 2 * C;
+    float *dq = c->dqkv + b * T * W + h * D, *dk = dq + C, *dv = dq + 2 * C;
+    const float *dy = c->dy + b * T * C + h * D;
+    float *keys_t = scratch, *values_t = keys_t + D * stride, *probs = values_t + D * stride;
+    float *ds = probs + T * stride;
+    causal_scores(q, W, k, T, D, keys_t, probs);
+    transpose_head(v, W, T, D, stride, values_t);
+    for (int64_t i = 0; i < T; i += 4) { /* dp, four rows at a time */
+        int64_t rows = T - i < 4 ? T - i : 4;
+        rows_times_columns(dy + i * C, C, rows, values_t, D, stride, i + rows, ds + i * stride, stride);
+    }
+    for (int64_t i = 0; i < T; i++) {
+        float *p = probs + i * stride, *row = ds + i * stride, weighted = 0.0f;
+        causal_probabilities(p, i, scale, c->stats + (pair * T + i) * 2, NULL);
+        for (int64_t j = 0; j <= i; j++) weighted += p[j] * row[j];
+        for (int64_t j = 0; j <= i; j++) row[j] = p[j] * (row[j] - weighted) * scale;
+        for (int64_t j = i + 1; j < stride; j++) p[j] = row[j] = 0.0f; /* keys i never saw */
+        weighted_rows(row, i + 1, k, W, D, dq + i * W, 0);
+    }
+    /* Columns, two keys at a time: the queries i >= j saw key j (key j + 1's weight at i = j is
+     * zero). dv_j = sum_i p(i, j) dy_i, dk_j = sum_i ds(i, j) q_i. */
+    int64_t j = 0;
+    for (; j + 2 <= T; j += 2) {
+        weighted_rows_two(probs + j * stride + j, stride, T - j, dy + j * C, C, D, dv + j * W,
+                          dv + (j + 1) * W);
+        weighted_rows_two(ds + j * stride + j, stride, T - j, q + j * W, W, D, dk + j * W,
+                          dk + (j + 1) * W);
+    }
+    if (j < T) { /* the last key of an odd T: only the last query saw it */
+        weighted_rows(probs + j * stride + j, 1, dy + j * C, C, D, dv + j * W, 0);
+        weighted_rows(ds + j * stride + j, 1, q + j * W, W, D, dk + j * W, 0);
+    }
+}
+
+/* The pairs [begin, end) of a part. */
+static void causal_part(const CausalTask *c, int64_t part, int64_t parts, int backward,
+                        float *scratch) {
+    int64_t begin, end;
+    share(c->batch * c->heads, part, parts, &begin, &end);
+    for (int64_t pair = begin; pair < end; pair++)
+        if (backward)
+            causal_backward_pair(c, pair, scratch);
+        else
+            causal_forward_pair(c, pair, scratch);
+}
+
+/* The pairs of (B x H) split over ``threads`` OpenMP threads: PyTorch's own team, whose threads
+ * are still spinning from the last matrix product (a pool of our own would fight them for the
+ * cores). */
+static int causal_run(const CausalTask *task, int backward, int64_t threads) {
+    const int64_t pairs = task->batch * task->heads;
+    int64_t parts = threads < pairs ? threads : pairs, size = causal_scratch(task->steps, task->dim);
+    parts = parts < 1 ? 1 : parts;
+    float *scratch = malloc(sizeof(float) * (size_t)(parts * size));
+    if (!scratch) return -1;
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++)
+        causal_part(task, part, parts, backward, scratch + part * size);
+    free(scratch);
+    return 0;
+}
+
+/* Causal self-attention of a fresh sequence: qkv (B, T, 3C) -> y (B, T, C), with what the
+ * backward needs to recompute the probabilities in stats (B, H, T, 2). Returns 0, or -1 if out
+ * of memory. */
+int rnn2gpt_causal_attention(const float *qkv, float *y, float *stats, int64_t batch,
+                             int64_t steps, int64_t heads, int64_t dim, int64_t threads) {
+    CausalTask task = {qkv, y, stats, NULL, NULL, batch, steps, heads, dim};
+    return causal_run(&task, 0, threads);
+}
+
+/* Its backward: dy (B, T, C) -> dqkv (B, T, 3C), every element written. */
+int rnn2gpt_causal_attention_backward(const float *qkv, const float *stats, const float *dy,
+                                      float *dqkv, int64_t batch, int64_t steps, int64_t heads,
+                                      int64_t dim, int64_t threads) {
+    CausalTask task = {qkv, NULL, (float *)stats, dy, dqkv, batch, steps, heads, dim};
+    return causal_run(&task, 1, threads);
 }

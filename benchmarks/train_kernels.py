@@ -1,0 +1,139 @@
+"""The GELU and causal attention of GPT training in C (``models/native_ops.py``) against PyTorch's
+kernels, in one process, alternating so that the host's drift hits both alike.
+
+Two measurements, for the nanoGPT CPU configuration (4L/4H/128, batch 12 x 64) and the
+``shakespeare-char-gpt`` preset (6L/6H/192, batch 16 x 128), fp32:
+
+- ``kernels``: one layer's attention (forward + backward, PyTorch's side including the copies of
+  q, k, v out of the packed projection and of y back) and GELU (forward + backward), median
+  microseconds per call;
+- ``steps``: whole training steps (forward, backward, clipping, fused AdamW), alternating blocks
+  of steps with ``RNN2GPT_FASTPATHS`` auto and off (which is read on every call), median ms per
+  step and the median of the per-round ratios.
+
+    python benchmarks/train_kernels.py [--rounds 20] [--steps 4]
+
+Benchmark one job at a time: two on two cores slow each other far more than 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rnn2gpt.config import ModelConfig
+from rnn2gpt.hardware import cpu_capability, cpu_model
+from rnn2gpt.models import build_model, native_ops
+
+SHAPES = {
+    "nanoGPT 4L/4H/128, batch 12 x 64": (dict(n_layer=4, n_head=4, n_embd=128), 12, 64),
+    "preset 6L/6H/192, batch 16 x 128": (dict(n_layer=6, n_head=6, n_embd=192), 16, 128),
+}
+VOCAB = 65
+
+
+def median_us(function, calls: int = 30) -> float:
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def pytorch_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The GPT's PyTorch path: one copy of q, k, v out of the packed projection, the flash
+    kernel, and y re-assembled (models/gpt.py)."""
+    batch, steps, width3 = qkv.shape
+    width = width3 // 3
+    q, k, v = (
+        qkv.view(batch, steps, 3, n_head, width // n_head).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+    )
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(batch, steps, width)
+
+
+def kernels(shape: dict, batch: int, steps: int) -> dict[str, float]:
+    width, heads = shape["n_embd"], shape["n_head"]
+    qkv = torch.randn(batch, steps, 3 * width, requires_grad=True)
+    dy = torch.randn(batch, steps, width)
+    x = torch.randn(batch, steps, 4 * width, requires_grad=True)
+    dx = torch.randn(batch, steps, 4 * width)
+
+    def run(function, tensor, grad, *args):
+        def once():
+            function(tensor, *args).backward(grad)
+            tensor.grad = None
+
+        return once
+
+    cases = {
+        "attention C": run(native_ops.causal_attention, qkv, dy, heads),
+        "attention PyTorch": run(pytorch_attention, qkv, dy, heads),
+        "GELU C": run(native_ops.gelu, x, dx),
+        "GELU PyTorch": run(F.gelu, x, dx),
+    }
+    return {name: round(median_us(case)) for name, case in cases.items()}
+
+
+def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, **shape)
+    model = build_model(config).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True
+    )
+    tokens = torch.randint(0, VOCAB, (batch, steps + 1))
+
+    def step() -> None:
+        logits, _ = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {"auto": [], "off": []}
+    for _ in range(3):
+        step()
+    for _ in range(rounds):
+        for mode in times:
+            os.environ["RNN2GPT_FASTPATHS"] = mode
+            step()  # the first step after a switch is not counted
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            times[mode].append((time.perf_counter() - start) / per_round * 1e3)
+    ratios = [off / auto for auto, off in zip(times["auto"], times["off"])]
+    return {
+        "C ms/step": round(statistics.median(times["auto"]), 2),
+        "PyTorch ms/step": round(statistics.median(times["off"]), 2),
+        "speedup": round(statistics.median(ratios), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=4, help="steps per round and mode")
+    args = parser.parse_args()
+    os.environ["RNN2GPT_FASTPATHS"] = "auto"
+    if native_ops.unavailable_reason() is not None:
+        raise SystemExit(f"the C kernels do not run here: {native_ops.unavailable_reason()}")
+    print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads, fp32")
+    for name, (shape, batch, steps) in SHAPES.items():
+        row = {"shape": name, **kernels(shape, batch, steps)}
+        row.update(steps_side_by_side(shape, batch, steps, args.rounds, args.steps))
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The exact GELU and a GPT's causal attention as autograd functions computed in C, on AVX2.
+
+Why: in fp32 training on a CPU without fast bf16 the matrix products are PyTorch's best, and what
+is left of the step is the small operations around them. Measured on an AMD EPYC (AVX2 only) for
+the nanoGPT-size GPT (4L/4H/128, batch 12 x 64), a 45-50 ms step spent 6 ms in oneDNN's GELU
+forward and backward and 5 ms in the flash-attention kernel, plus copies of q, k and v out of the
+packed projection and of the output back (and their gradients). The kernels of
+``kernels/avx2.c`` compute both in a few vector passes, the attention straight on the packed
+(B, T, 3C) projection into the (B, T, C) layout the output projection reads.
+
+- :func:`gelu`: x (any shape, float32, contiguous) -> GELU(x), the erf form; its backward is
+  dy * (Phi(x) + x phi(x)).
+- :func:`causal_attention`: qkv (B, T, 3C) -> y (B, T, C), causal, no mask, no dropout; it keeps
+  each query's softmax maximum and normalizer (B, H, T, 2), and the backward recomputes the
+  probabilities from them (cheaper than writing (B, H, T, T) out and reading it back).
+
+Both split their work over ``torch.get_num_threads()`` threads of PyTorch's own OpenMP team (a
+pool of our own would fight its spinning threads for the cores: measured, the step got 1.5x
+slower), with the same bits for any thread count. They agree with PyTorch's kernels within float
+rounding (``tests/models/test_models_native_ops.py``).
+
+Where: the callers (:func:`rnn2gpt.models.ops.gelu`, the GPT's attention over a fresh sequence)
+take them only where :func:`usable` says so: float32 CPU tensors outside bf16 autocast and
+``torch.compile`` tracing, fast paths on, the kernel built here (:mod:`rnn2gpt.models.native`),
+and PyTorch's own kernels at AVX2 (an AVX2-only CPU, or the AVX2 emulation). They were measured
+faster than PyTorch's there; against PyTorch's AVX-512 kernels they have not been measured, so
+an AVX-512 CPU keeps PyTorch's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..hardware import cpu_capability
+from . import native
+
+KERNEL = "avx2"  # kernels/avx2.c
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    library, _ = native.load_built(KERNEL)
+    if library is None:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.rnn2gpt_gelu.argtypes = [ptr, ptr, ptr, i64, i64]
+    library.rnn2gpt_gelu.restype = None
+    library.rnn2gpt_causal_attention.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    library.rnn2gpt_causal_attention.restype = ctypes.c_int
+    library.rnn2gpt_causal_attention_backward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    library.rnn2gpt_causal_attention_backward.restype = ctypes.c_int
+    return library
+
+
+def unavailable_reason() -> str | None:
+    """Why these kernels do not run here (one phrase, for ``rnn2gpt doctor``), or None."""
+    reason = native.load(KERNEL)[1]  # reads RNN2GPT_FASTPATHS on every call
+    if reason is None and cpu_capability() != "AVX2":
+        reason = f"PyTorch runs its {cpu_capability()} kernels here, which these were not measured against"
+    return reason
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the C kernels may compute on ``tensors`` now: float32 CPU tensors, not traced by
+    ``torch.compile``, not under CPU autocast, and :func:`unavailable_reason` None."""
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return False
+    return unavailable_reason() is None and _library() is not None
+
+
+def training_path() -> str:
+    """What computes a GPT's GELU and causal attention in fp32 training here, and why."""
+    reason = unavailable_reason()
+    if reason is None:
+        return "the exact GELU and causal attention in C (fp32, outside autocast and compile)"
+    return f"PyTorch's GELU and attention kernels ({reason})"
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("the C attention kernel could not allocate its scratch memory")
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        _library().rnn2gpt_gelu(x.data_ptr(), None, y.data_ptr(), x.numel(), torch.get_num_threads())
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        _library().rnn2gpt_gelu(
+            x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), torch.get_num_threads()
+        )
+        return dx
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: Tensor, n_head: int) -> Tensor:  # type: ignore[override]
+        batch, steps, width3 = qkv.shape
+        width = width3 // 3
+        qkv = qkv.contiguous()
+        y = qkv.new_empty(batch, steps, width)
+        stats = qkv.new_empty(batch, n_head, steps, 2)  # each query's softmax: max and 1 / sum
+        _check(
+            _library().rnn2gpt_causal_attention(
+                qkv.data_ptr(),
+                y.data_ptr(),
+                stats.data_ptr(),
+                batch,
+                steps,
+                n_head,
+                width // n_head,
+                torch.get_num_threads(),
+            )
+        )
+        ctx.save_for_backward(qkv, stats)
+        ctx.n_head = n_head
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        qkv, stats = ctx.saved_tensors
+        batch, steps, width3 = qkv.shape
+        dy = dy.contiguous()
+        dqkv = torch.empty_like(qkv)
+        _check(
+            _library().rnn2gpt_causal_attention_backward(
+                qkv.data_ptr(),
+                stats.data_ptr(),
+                dy.data_ptr(),
+                dqkv.data_ptr(),
+                batch,
+                steps,
+                ctx.n_head,
+                width3 // 3 // ctx.n_head,
+                torch.get_num_threads(),
+            )
+        )
+        return dqkv, None
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU(x), the exact (erf) form, in C; differentiable once. Check :func:`usable` first."""
+    return _Gelu.apply(x)
+
+
+def causal_attention(qkv: Tensor, n_head: int) -> Tensor:
+    """qkv (B, T, 3C) packed as ``c_attn`` writes it (q | k | v, heads of C / n_head features
+    each) -> y (B, T, C): causal softmax attention with scale 1/sqrt(head width), heads side by
+    side as ``c_proj`` reads them. Differentiable once. Check :func:`usable` first."""
+    return _CausalAttention.apply(qkv, n_head)
+
+
+__all__ = ["causal_attention", "gelu", "training_path", "unavailable_reason", "usable"]

@@ -1,0 +1,207 @@
+"""The exact GELU and the causal attention in C (models/native_ops.py) give PyTorch's numbers and
+gradients, and the GPT takes them only where they apply.
+
+Where the C kernels cannot run (not x86 with AVX2 and FMA, or no compiler), the tests of their
+results skip naming why; the fallback (PyTorch's kernels) is what every other test runs, and
+what :func:`test_where_they_do_not_apply_pytorch_computes` checks is chosen.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnn2gpt.models import native, native_ops
+from rnn2gpt.models.ops import SMALL_GELU_NUMEL
+
+
+@pytest.fixture
+def c_kernels(monkeypatch, fastpaths_auto):
+    """The C kernels run (skipped where this machine cannot build them). Their use is limited
+    to CPUs where PyTorch runs at AVX2 (measured there); the kernels themselves run on any AVX2
+    CPU, so the tests take them on AVX-512 CPUs too."""
+    reason = native.load_built(native_ops.KERNEL)[1]
+    if reason is not None:
+        pytest.skip(f"the C training kernels cannot run here: {reason}")
+    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
+
+
+def pytorch_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    batch, steps, width3 = qkv.shape
+    width = width3 // 3
+    q, k, v = qkv.view(batch, steps, 3, n_head, width // n_head).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(batch, steps, width)
+
+
+def forward_backward(function, x: torch.Tensor, grad: torch.Tensor, *args):
+    x = x.detach().clone().requires_grad_()
+    y = function(x, *args)
+    y.backward(grad)
+    return y.detach(), x.grad
+
+
+# (batch, tokens, heads, head width): odd widths take every scalar tail, 1 token a single
+# query, 33 and 40 tokens partial vectors of keys, widths 48 and 64 more than one 32-float pass.
+ATTENTION_SHAPES = [(2, 5, 3, 7), (1, 1, 2, 8), (3, 17, 2, 20), (2, 33, 1, 48), (2, 64, 4, 32), (1, 40, 2, 64)]
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=[str(s) for s in ATTENTION_SHAPES])
+def test_attention_and_its_gradient_equal_pytorch(c_kernels, shape):
+    batch, steps, heads, dim = shape
+    torch.manual_seed(0)
+    qkv = torch.randn(batch, steps, 3 * heads * dim)
+    grad = torch.randn(batch, steps, heads * dim)
+    y, dqkv = forward_backward(native_ops.causal_attention, qkv, grad, heads)
+    y_ref, dqkv_ref = forward_backward(pytorch_attention, qkv, grad, heads)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dqkv, dqkv_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_with_peaked_scores_stays_exact(c_kernels):
+    """Scores far apart (a trained model's sharp attention): probabilities near zero and near one."""
+    torch.manual_seed(1)
+    qkv = torch.randn(2, 24, 3 * 2 * 16) * 6.0
+    grad = torch.randn(2, 24, 32)
+    y, dqkv = forward_backward(native_ops.causal_attention, qkv, grad, 2)
+    y_ref, dqkv_ref = forward_backward(pytorch_attention, qkv, grad, 2)
+    assert torch.isfinite(dqkv).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dqkv, dqkv_ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 1000, 2 * SMALL_GELU_NUMEL + 3])
+def test_gelu_and_its_gradient_equal_pytorch(c_kernels, numel):
+    torch.manual_seed(0)
+    x = torch.randn(numel) * 4.0
+    x[: min(numel, 4)] = torch.tensor([-30.0, 30.0, 0.0, -6.0])[: min(numel, 4)]  # tails, zero
+    grad = torch.randn(numel)
+    y, dx = forward_backward(native_ops.gelu, x, grad)
+    y_ref, dx_ref = forward_backward(F.gelu, x, grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_thread_count_does_not_change_a_bit(c_kernels):
+    torch.manual_seed(0)
+    qkv, grad = torch.randn(3, 40, 3 * 4 * 16), torch.randn(3, 40, 64)
+    x, dy = torch.randn(3 * SMALL_GELU_NUMEL + 5), torch.randn(3 * SMALL_GELU_NUMEL + 5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(
+                forward_backward(native_ops.causal_attention, qkv, grad, 4)
+                + forward_backward(native_ops.gelu, x, dy)
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def _counting(monkeypatch, name):
+    calls = []
+    real = getattr(native_ops, name)
+
+    def counted(*args):
+        calls.append(tuple(args[0].shape))
+        return real(*args)
+
+    monkeypatch.setattr(native_ops, name, counted)
+    return calls
+
+
+def test_a_gpt_trains_through_them_with_pytorchs_losses_and_gradients(make_model, c_kernels, monkeypatch):
+    """A training forward and backward of a GPT whose MLP is wide enough for the C GELU."""
+    tokens = torch.randint(0, 13, (2, 40), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads():
+        model = make_model(n_embd=64, n_head=4, block_size=64).train()
+        logits, _ = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    attention = _counting(monkeypatch, "causal_attention")
+    gelu = _counting(monkeypatch, "gelu")
+    loss, grads = loss_and_grads()
+    assert len(attention) == 2 and len(gelu) == 2, "both layers ran both kernels"
+    monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    loss_ref, grads_ref = loss_and_grads()
+    assert len(attention) == 2 and len(gelu) == 2, "fast paths off: PyTorch's kernels"
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_decoding_continues_from_the_cache_of_a_fresh_forward(make_model, c_kernels, monkeypatch):
+    """The cache of a forward through the C attention holds the keys and values (as views of
+    the packed projection): the next tokens see them as they would PyTorch's."""
+    model = make_model(n_head=2)
+    prompt, more = torch.tensor([[1, 2, 3, 4, 5, 6]]), torch.tensor([[7], [8]])
+    attention = _counting(monkeypatch, "causal_attention")
+
+    def continued():
+        with torch.no_grad():
+            first, cache = model(prompt)
+            second, cache = model(more[:1], cache)
+            third, _ = model(more[1:], cache)
+        return torch.cat([first[:, -1], second[:, -1], third[:, -1]])
+
+    fast = continued()
+    assert attention == [(1, 6, 48)] * 2, "the prompt ran in C, the steps did not"
+    monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    torch.testing.assert_close(fast, continued(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["bf16", "autocast", "fast paths off", "AVX-512", "a step over a cache", "a small GELU"],
+)
+def test_where_they_do_not_apply_pytorch_computes(make_model, monkeypatch, fastpaths_auto, case):
+    attention = _counting(monkeypatch, "causal_attention")
+    gelu = _counting(monkeypatch, "gelu")
+    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
+    model = make_model(n_embd=64, n_head=4, block_size=64)
+    tokens = torch.randint(0, 13, (2, 40), generator=torch.Generator().manual_seed(0))
+    if case == "bf16":
+        model = model.to(torch.bfloat16)
+    elif case == "fast paths off":
+        monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    elif case == "AVX-512":
+        monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX512")
+    elif case == "a small GELU":
+        tokens = tokens[:1, :8]
+    with torch.no_grad():
+        if case == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(tokens)
+        elif case == "a step over a cache":
+            _, cache = model(tokens[:, :1])
+            model(tokens[:, 1:3], cache)
+        else:
+            model(tokens)
+    assert attention == [] or case == "a small GELU"
+    assert gelu == []
+
+
+def test_doctor_names_the_path_and_why():
+    path = native_ops.training_path()
+    reason = native_ops.unavailable_reason()
+    if reason is None:
+        assert path.startswith("the exact GELU and causal attention in C")
+    else:
+        assert reason in path and path.startswith("PyTorch's")
+
+
+def test_the_reason_names_the_capability(monkeypatch, fastpaths_auto):
+    if native.load_built(native_ops.KERNEL)[1] is not None:
+        pytest.skip("the C kernels cannot run here: the capability is not what rules them out")
+    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX512")
+    assert "AVX512" in native_ops.unavailable_reason()
+    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
+    assert native_ops.unavailable_reason() is None
