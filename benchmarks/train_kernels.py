@@ -11,7 +11,14 @@ Two measurements, for the nanoGPT CPU configuration (4L/4H/128, batch 12 x 64) a
   of steps with ``RNN2GPT_FASTPATHS`` auto and off (which is read on every call), median ms per
   step and the median of the per-round ratios.
 
-    python benchmarks/train_kernels.py [--rounds 20] [--steps 4]
+With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
+settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
+thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
+counted under the setting it ran under (steps during which it flipped are dropped), and the first
+20 steps are left out. Two whole runs, one after the other, would compare the host's drift more
+than the kernels.
+
+    python benchmarks/train_kernels.py [--rounds 20] [--steps 4] [--trainer] [--trainer-steps 1200]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -55,7 +62,10 @@ def pytorch_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     batch, steps, width3 = qkv.shape
     width = width3 // 3
     q, k, v = (
-        qkv.view(batch, steps, 3, n_head, width // n_head).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        qkv.view(batch, steps, 3, n_head, width // n_head)
+        .permute(2, 0, 3, 1, 4)
+        .contiguous()
+        .unbind(0)
     )
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return y.transpose(1, 2).reshape(batch, steps, width)
@@ -120,10 +130,66 @@ def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_rou
     }
 
 
+def trainer_side_by_side(steps: int) -> dict[str, float]:
+    import tempfile
+    import threading
+
+    from train_vs_peers import nanogpt_settings
+
+    from rnn2gpt.cli import main as cli
+    from rnn2gpt.training import trainer
+
+    timed: list[tuple[str, float]] = []
+    real_step = trainer.Trainer._step
+
+    def step(self):
+        mode, start = os.environ["RNN2GPT_FASTPATHS"], time.perf_counter()
+        loss = real_step(self)
+        loss.item()  # the step's work is done (it is on the CPU anyway)
+        if os.environ["RNN2GPT_FASTPATHS"] == mode:
+            timed.append((mode, time.perf_counter() - start))
+        return loss
+
+    done = threading.Event()
+
+    def flip() -> None:
+        while not done.wait(1.5):
+            os.environ["RNN2GPT_FASTPATHS"] = (
+                "off" if os.environ["RNN2GPT_FASTPATHS"] == "auto" else "auto"
+            )
+
+    settings = [s for s in nanogpt_settings() if not s.startswith("train.max_steps")]
+    settings.append(f"train.max_steps={steps}")
+    trainer.Trainer._step = step
+    flipper = threading.Thread(target=flip, daemon=True)
+    try:
+        os.environ["RNN2GPT_FASTPATHS"] = "auto"
+        flipper.start()
+        with tempfile.TemporaryDirectory() as out:
+            arguments = ["train", "--preset", "shakespeare-char-gpt", "--out", f"{out}/run"]
+            cli([*arguments, *(word for s in settings for word in ("--set", s))])
+    finally:
+        done.set()
+        flipper.join()
+        trainer.Trainer._step = real_step
+        os.environ["RNN2GPT_FASTPATHS"] = "auto"
+    times = {m: [t * 1e3 for mode, t in timed[20:] if mode == m] for m in ("auto", "off")}
+    return {
+        "trainer C ms/step": round(statistics.median(times["auto"]), 2),
+        "trainer PyTorch ms/step": round(statistics.median(times["off"]), 2),
+        "trainer steps (C, PyTorch)": [len(times["auto"]), len(times["off"])],
+        "trainer speedup": round(
+            statistics.median(times["off"]) / statistics.median(times["auto"]), 3
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=4, help="steps per round and mode")
+    parser.add_argument("--trainer", action="store_true", help="also time rnn2gpt train itself")
+    parser.add_argument("--trainer-steps", type=int, default=1200)
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     if native_ops.unavailable_reason() is not None:
@@ -133,6 +199,15 @@ def main() -> None:
         row = {"shape": name, **kernels(shape, batch, steps)}
         row.update(steps_side_by_side(shape, batch, steps, args.rounds, args.steps))
         print(json.dumps(row))
+    if args.trainer:
+        print(
+            json.dumps(
+                {
+                    "shape": "rnn2gpt train, nanoGPT configuration",
+                    **trainer_side_by_side(args.trainer_steps),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

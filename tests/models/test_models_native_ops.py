@@ -44,7 +44,14 @@ def forward_backward(function, x: torch.Tensor, grad: torch.Tensor, *args):
 
 # (batch, tokens, heads, head width): odd widths take every scalar tail, 1 token a single
 # query, 33 and 40 tokens partial vectors of keys, widths 48 and 64 more than one 32-float pass.
-ATTENTION_SHAPES = [(2, 5, 3, 7), (1, 1, 2, 8), (3, 17, 2, 20), (2, 33, 1, 48), (2, 64, 4, 32), (1, 40, 2, 64)]
+ATTENTION_SHAPES = [
+    (2, 5, 3, 7),
+    (1, 1, 2, 8),
+    (3, 17, 2, 20),
+    (2, 33, 1, 48),
+    (2, 64, 4, 32),
+    (1, 40, 2, 64),
+]
 
 
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=[str(s) for s in ATTENTION_SHAPES])
@@ -115,7 +122,9 @@ def _counting(monkeypatch, name):
     return calls
 
 
-def test_a_gpt_trains_through_them_with_pytorchs_losses_and_gradients(make_model, c_kernels, monkeypatch):
+def test_a_gpt_trains_through_them_with_pytorchs_losses_and_gradients(
+    make_model, c_kernels, monkeypatch
+):
     """A training forward and backward of a GPT whose MLP is wide enough for the C GELU."""
     tokens = torch.randint(0, 13, (2, 40), generator=torch.Generator().manual_seed(0))
 

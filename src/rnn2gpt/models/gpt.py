@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
+from . import native_ops
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
 from .decode_plan import (
@@ -30,7 +31,6 @@ from .decode_plan import (
     next_positions,
     planned_forward,
 )
-from . import native_ops
 from .kv_cache import KVCache, SlotKVCache
 from .ops import dropout, gelu, sdpa
 

@@ -15,8 +15,8 @@ packed projection and of the output back (and their gradients). The kernels of
   probabilities from them (cheaper than writing (B, H, T, T) out and reading it back).
 
 Both split their work over ``torch.get_num_threads()`` threads of PyTorch's own OpenMP team (a
-pool of our own would fight its spinning threads for the cores: measured, the step got 1.5x
-slower), with the same bits for any thread count. They agree with PyTorch's kernels within float
+pool of our own would fight its spinning threads for the cores: measured, the step got up to
+1.5x slower), with the same bits for any thread count. They agree with PyTorch's kernels within float
 rounding (``tests/models/test_models_native_ops.py``).
 
 Where: the callers (:func:`rnn2gpt.models.ops.gelu`, the GPT's attention over a fresh sequence)
@@ -50,9 +50,9 @@ def _library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     library.rnn2gpt_gelu.argtypes = [ptr, ptr, ptr, i64, i64]
     library.rnn2gpt_gelu.restype = None
-    library.rnn2gpt_causal_attention.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    library.rnn2gpt_causal_attention.argtypes = [ptr] * 3 + [i64] * 5
     library.rnn2gpt_causal_attention.restype = ctypes.c_int
-    library.rnn2gpt_causal_attention_backward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    library.rnn2gpt_causal_attention_backward.argtypes = [ptr] * 4 + [i64] * 5
     library.rnn2gpt_causal_attention_backward.restype = ctypes.c_int
     return library
 
@@ -93,7 +93,9 @@ class _Gelu(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         x = x.contiguous()
         y = torch.empty_like(x)
-        _library().rnn2gpt_gelu(x.data_ptr(), None, y.data_ptr(), x.numel(), torch.get_num_threads())
+        _library().rnn2gpt_gelu(
+            x.data_ptr(), None, y.data_ptr(), x.numel(), torch.get_num_threads()
+        )
         ctx.save_for_backward(x)
         return y
 
