@@ -4,9 +4,9 @@ Two comparisons, each run as subprocesses of this script on the same machine, sa
 thread count (``OMP_NUM_THREADS``), one job at a time:
 
 - ``nanogpt``: nanoGPT (``../shared/peers/nanogpt``) against ``rnn2gpt train`` in nanoGPT's README
-  CPU configuration: 4 layers x 4 heads x 128, block 64, batch 12, dropout 0, AdamW lr 1e-3
-  (betas 0.9/0.99, weight decay 0.1), warmup 100, cosine to 1e-4 over 2,000 iterations, clip
-  1.0, fp32 (``train.precision=fp32``). Evaluation is kept to a minimum on both sides:
+  CPU configuration: 4 layers x 4 heads x 128, no biases, block 64, batch 12, dropout 0, AdamW
+  lr 1e-3 (betas 0.9/0.99, weight decay 0.1), warmup 100, cosine to 1e-4 over 2,000
+  iterations, clip 1.0, fp32 (``train.precision=fp32``). Evaluation is kept to a minimum on both sides:
   nanoGPT ``--eval_iters=1 --eval_interval=2000`` (one batch at iteration 0 and one at 2,000,
   where it writes the checkpoint this script evaluates; the issue's ``--eval_interval=100000``
   would write none) and rnn2gpt ``train.eval_interval`` beyond the run with
@@ -143,6 +143,7 @@ def nanogpt_settings() -> list[str]:
         f"model.n_embd={s['n_embd']}",
         f"model.block_size={s['block_size']}",
         "model.dropout=0.0",
+        "model.bias=false",  # nanoGPT's train.py default: no biases in Linear and LayerNorm
         f"train.seq_len={s['block_size']}",
         f"train.batch_size={s['batch_size']}",
         f"train.max_steps={NANOGPT_ITERS}",
