@@ -8,6 +8,8 @@ what :func:`test_where_they_do_not_apply_pytorch_computes` checks is chosen.
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,3 +216,20 @@ def test_the_reason_names_the_capability(monkeypatch, fastpaths_auto):
     assert "AVX512" in native_ops.unavailable_reason()
     monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
     assert native_ops.unavailable_reason() is None
+
+
+def test_a_compiler_without_openmp_still_builds_the_kernels(monkeypatch, tmp_path):
+    """A failed build with OpenMP is retried without it (the kernels then run on one thread)."""
+    if native.unsupported_here() is not None:
+        pytest.skip(f"no C kernels on this machine: {native.unsupported_here()}")
+    monkeypatch.setenv("RNN2GPT_CACHE", str(tmp_path))
+    missing = (
+        "-fno-such-openmp-flag"  # the compiler refuses it, as one without OpenMP does -fopenmp
+    )
+    monkeypatch.setattr(native, "OPENMP", missing)
+    monkeypatch.setattr(native, "FLAGS", (*(f for f in native.FLAGS if f != "-fopenmp"), missing))
+    source = tmp_path / "answer.c"
+    source.write_text("int rnn2gpt_answer(void) { return 42; }\n")
+    built = native.built_library(source)
+    assert ctypes.CDLL(str(built)).rnn2gpt_answer() == 42
+    assert built.parent == tmp_path / "kernels"
