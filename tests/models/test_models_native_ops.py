@@ -92,6 +92,20 @@ def test_gelu_and_its_gradient_equal_pytorch(c_kernels, numel):
     torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["no_grad", "input without grad"])
+def test_a_gelu_without_backward_keeps_no_slope(c_kernels, case):
+    """The forward writes GELU'(x) for the backward only when one can follow."""
+    torch.manual_seed(0)
+    x = torch.randn(2 * SMALL_GELU_NUMEL + 5) * 3.0
+    if case == "no_grad":
+        with torch.no_grad():
+            y = native_ops.gelu(x.requires_grad_())
+    else:
+        y = native_ops.gelu(x)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, F.gelu(x.detach()), rtol=1e-5, atol=1e-6)
+
+
 def test_the_thread_count_does_not_change_a_bit(c_kernels):
     torch.manual_seed(0)
     qkv, grad = torch.randn(3, 40, 3 * 4 * 16), torch.randn(3, 40, 64)

@@ -28,6 +28,7 @@ from ..models.lora import apply_lora, has_lora, load_lora_adapter, merge_lora
 from ..tasks import Task, TaskContext, task_kind
 from ..tokenizers import load_tokenizer, train_tokenizer
 from .distributed import DistContext, barrier
+from .memory import hold_freed_memory
 from .optim import build_optimizer
 from .precision import PrecisionChoice, precision_choice
 
@@ -73,6 +74,8 @@ def prepare_run(
         )
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
+    if ctx.device.type == "cpu":
+        hold_freed_memory()  # each step reuses the last one's memory instead of faulting it in
     _seed_everything(tc.seed)
     _check_out_dir(out_dir, resume, overwrite, ctx)
 

@@ -660,13 +660,15 @@ static inline __m256 normal_cdf(__m256 x, __m256 *density) {
 }
 
 typedef struct {
-    const float *x, *dy; /* dy: NULL for the forward */
-    float *out;          /* y, or dx */
+    const float *x;
+    float *y, *slope; /* slope: NULL where no backward will follow */
     int64_t n;
 } GeluTask;
 
-/* Elements [begin, end) of this part in whole vectors; the last part takes the tail through a
- * scratch vector. y = x Phi(x); dx = dy (Phi(x) + x phi(x)). */
+/* Elements [begin, end) of this part in whole vectors; the last part takes the tail through
+ * scratch vectors. y = x Phi(x) and GELU'(x) = Phi(x) + x phi(x), which shares Phi and the
+ * exponential with y: written here, the backward is one multiplication by dy instead of a second
+ * pass over the erf. */
 static void gelu_part(const void *context, int64_t part, int64_t parts) {
     const GeluTask *g = context;
     const __m256 inv_sqrt_2pi = _mm256_set1_ps(0.39894228040143268f);
@@ -674,38 +676,35 @@ static void gelu_part(const void *context, int64_t part, int64_t parts) {
     share(vectors, part, parts, &begin, &end);
     int64_t stop = part == parts - 1 ? g->n : end * 8;
     for (int64_t i = begin * 8; i < stop; i += 8) {
-        float xs[8] = {0}, dys[8] = {0}, outs[8];
+        float xs[8] = {0}, ys[8], slopes[8];
         int64_t count = stop - i < 8 ? stop - i : 8;
-        const float *xp = g->x + i, *dyp = g->dy ? g->dy + i : NULL;
+        const float *xp = g->x + i;
         if (count < 8) {
-            for (int64_t j = 0; j < count; j++) {
-                xs[j] = xp[j];
-                if (dyp) dys[j] = dyp[j];
-            }
+            for (int64_t j = 0; j < count; j++) xs[j] = xp[j];
             xp = xs;
-            dyp = dyp ? dys : NULL;
         }
         __m256 x = _mm256_loadu_ps(xp), density;
-        __m256 cdf = normal_cdf(x, &density), result;
-        if (dyp) {
-            __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, density), inv_sqrt_2pi, cdf);
-            result = _mm256_mul_ps(_mm256_loadu_ps(dyp), slope);
-        } else {
-            result = _mm256_mul_ps(x, cdf);
+        __m256 cdf = normal_cdf(x, &density);
+        __m256 y = _mm256_mul_ps(x, cdf);
+        __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, density), inv_sqrt_2pi, cdf);
+        if (count == 8) {
+            _mm256_storeu_ps(g->y + i, y);
+            if (g->slope) _mm256_storeu_ps(g->slope + i, slope);
+            continue;
         }
-        if (count < 8) {
-            _mm256_storeu_ps(outs, result);
-            for (int64_t j = 0; j < count; j++) g->out[i + j] = outs[j];
-        } else {
-            _mm256_storeu_ps(g->out + i, result);
+        _mm256_storeu_ps(ys, y);
+        _mm256_storeu_ps(slopes, slope);
+        for (int64_t j = 0; j < count; j++) {
+            g->y[i + j] = ys[j];
+            if (g->slope) g->slope[i + j] = slopes[j];
         }
     }
 }
 
-/* y (n) = GELU(x) (the exact, erf form), or with dy given, dx (n) = dy * GELU'(x); split over
- * ``threads`` OpenMP threads as the attention is. */
-void rnn2gpt_gelu(const float *x, const float *dy, float *out, int64_t n, int64_t threads) {
-    GeluTask task = {x, dy, out, n};
+/* y (n) = GELU(x) (the exact, erf form) and, unless slope is NULL, slope (n) = GELU'(x); split
+ * over ``threads`` OpenMP threads as the attention is. */
+void rnn2gpt_gelu(const float *x, float *y, float *slope, int64_t n, int64_t threads) {
+    GeluTask task = {x, y, slope, n};
     /* Parts of at least 16k elements: a smaller one costs more to hand over than to compute. */
     int64_t parts = n / 16384 < threads ? n / 16384 : threads;
     parts = parts < 1 ? 1 : parts;
@@ -947,12 +946,22 @@ static void causal_backward_pair(const CausalTask *c, int64_t pair, float *scrat
         int64_t rows = T - i < 4 ? T - i : 4;
         rows_times_columns(dy + i * C, C, rows, values_t, D, stride, i + rows, ds + i * stride, stride);
     }
+    const __m256 scale8 = _mm256_set1_ps(scale);
     for (int64_t i = 0; i < T; i++) {
-        float *p = probs + i * stride, *row = ds + i * stride, weighted = 0.0f;
+        float *p = probs + i * stride, *row = ds + i * stride;
         causal_probabilities(p, i, scale, c->stats + (pair * T + i) * 2, NULL);
-        for (int64_t j = 0; j <= i; j++) weighted += p[j] * row[j];
-        for (int64_t j = 0; j <= i; j++) row[j] = p[j] * (row[j] - weighted) * scale;
-        for (int64_t j = i + 1; j < stride; j++) p[j] = row[j] = 0.0f; /* keys i never saw */
+        /* Whole vectors up to i: p is zero past i there, and dp finite (rows_times_columns
+         * computed those lanes), so they add nothing to the sum and stay zero in ds. */
+        const int64_t vectors = (i + 8) / 8;
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t v = 0; v < vectors; v++)
+            sum = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8 * v), _mm256_loadu_ps(row + 8 * v), sum);
+        const __m256 weighted = _mm256_set1_ps(sum_lanes(sum));
+        for (int64_t v = 0; v < vectors; v++) {
+            __m256 dp = _mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), weighted);
+            _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + 8 * v), dp), scale8));
+        }
+        for (int64_t j = 8 * vectors; j < stride; j++) p[j] = row[j] = 0.0f; /* keys i never saw */
         weighted_rows(row, i + 1, k, W, D, dq + i * W, 0);
     }
     /* Columns, two keys at a time: the queries i >= j saw key j (key j + 1's weight at i = j is
