@@ -11,6 +11,11 @@ Two measurements, for the nanoGPT CPU configuration (4L/4H/128, batch 12 x 64) a
   of steps with ``RNN2GPT_FASTPATHS`` auto and off (which is read on every call), median ms per
   step and the median of the per-round ratios.
 
+With ``--ablate``, where the nanoGPT-size step (no biases, as nanoGPT) goes: whole steps alternating
+in one process with one component at a time replaced by a copy of its input (attention: a copy of
+v; GELU and LayerNorm: ``x * 1.0``) or skipped (clipping, AdamW), and what the step saves without
+it (median of the per-round differences). The results are wrong, the times are not.
+
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
 thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
@@ -19,6 +24,7 @@ counted under the setting it ran under (steps during which it flipped are droppe
 than the kernels.
 
     python benchmarks/train_kernels.py [--rounds 20] [--steps 4] [--trainer] [--trainer-steps 1200]
+    python benchmarks/train_kernels.py --ablate [--rounds 15]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -130,6 +136,68 @@ def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_rou
     }
 
 
+def ablation(rounds: int, per_round: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    shape, batch, steps = SHAPES["nanoGPT 4L/4H/128, batch 12 x 64"]
+    config = ModelConfig(
+        arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, bias=False, **shape
+    )
+    model = build_model(config).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True
+    )
+    tokens = torch.randint(0, VOCAB, (batch, steps + 1))
+    real = {
+        "gelu": native_ops.gelu,
+        "attention": native_ops.causal_attention,
+        "layernorm": torch.nn.LayerNorm.forward,
+    }
+    left_out: dict[str, str | None] = {"part": None}
+
+    def step() -> None:
+        logits, _ = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        if left_out["part"] != "clipping":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if left_out["part"] != "AdamW":
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def leave_out(part: str | None) -> None:
+        left_out["part"] = part
+        native_ops.gelu = (lambda x: x * 1.0) if part == "GELU" else real["gelu"]
+        native_ops.causal_attention = (
+            (lambda qkv, heads: qkv[..., 2 * qkv.shape[-1] // 3 :] * 1.0)
+            if part == "attention"
+            else real["attention"]
+        )
+        torch.nn.LayerNorm.forward = (
+            (lambda self, x: x * 1.0) if part == "LayerNorm" else real["layernorm"]
+        )
+
+    parts = [None, "attention", "AdamW", "GELU", "LayerNorm", "clipping"]
+    times: dict[str | None, list[float]] = {part: [] for part in parts}
+    try:
+        for _ in range(3):
+            step()
+        for _ in range(rounds):
+            for part in parts:
+                leave_out(part)
+                step()  # the first step after a switch is not counted
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    step()
+                times[part].append((time.perf_counter() - start) / per_round * 1e3)
+    finally:
+        leave_out(None)
+    result = {"whole step ms": round(statistics.median(times[None]), 2)}
+    for part in parts[1:]:
+        saved = [whole - without for whole, without in zip(times[None], times[part])]
+        result[f"saved without {part} ms"] = round(statistics.median(saved), 2)
+    return result
+
+
 def trainer_side_by_side(steps: int) -> dict[str, float]:
     import tempfile
     import threading
@@ -190,11 +258,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per round and mode")
     parser.add_argument("--trainer", action="store_true", help="also time rnn2gpt train itself")
     parser.add_argument("--trainer-steps", type=int, default=1200)
+    parser.add_argument("--ablate", action="store_true", help="where the step goes, instead")
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     if native_ops.unavailable_reason() is not None:
         raise SystemExit(f"the C kernels do not run here: {native_ops.unavailable_reason()}")
     print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads, fp32")
+    if args.ablate:
+        print(json.dumps(ablation(args.rounds, args.steps)))
+        return
     for name, (shape, batch, steps) in SHAPES.items():
         row = {"shape": name, **kernels(shape, batch, steps)}
         row.update(steps_side_by_side(shape, batch, steps, args.rounds, args.steps))

@@ -1,12 +1,15 @@
 """Keep the memory a CPU training step frees inside the process, for the next step to reuse.
 
-A training step allocates and frees the same activation and gradient tensors every time (for the
-nanoGPT configuration, a dozen of 0.4-1.5 MB each per layer). glibc's malloc serves blocks from
-128 KiB up with ``mmap`` at first and gives freed memory at the heap's top back to the kernel, so
-every step faulted hundreds to thousands of fresh zeroed pages back in: 740-1,430 page faults a
-step, about 2.2 us each, measured on an AMD EPYC (2-5 ms of a 40 ms step; benchmarks/RESULTS.md).
-Raising glibc's mmap and trim thresholds keeps those blocks on the heap between steps: 5-11
-faults a step.
+A training step allocates and frees the same activation and gradient tensors every time.
+glibc's malloc serves blocks from 128 KiB up with ``mmap`` at first and gives freed memory at the
+heap's top back to the kernel, so every step faulted thousands of fresh zeroed pages back in, about
+2.2 us each. Measured on an AMD EPYC (benchmarks/RESULTS.md), per step:
+
+- the default character LSTM: 23-26k faults, 306-327 ms; kept in the process, 0 faults, 243-272 ms;
+- the Penn Treebank word LSTM: 5.7-6.9k faults, 89-96 ms; kept, 0 faults, 71-72 ms;
+- the nanoGPT-size GPT: 740-1,430 faults, 38.5-45.8 ms; kept, 5-11 faults, 36.6-38.1 ms.
+
+Raising glibc's mmap and trim thresholds keeps those blocks on the heap between steps.
 
 The setting is process-wide and stays after the run (glibc cannot go back to its adaptive
 thresholds); the process then holds on to its peak heap, which training reaches on every step
