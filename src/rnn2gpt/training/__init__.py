@@ -5,6 +5,8 @@
 - :func:`build_optimizer`, :func:`lr_at`, :func:`progress_fraction` (optim.py)
 - :func:`resolve_precision`, :func:`autocast` (precision.py); the start-of-run plan (plan.py)
 - DDP helpers (distributed.py)
+- :func:`~rnn2gpt.training.memory.hold_freed_memory` (memory.py): a CPU run keeps the memory
+  each step frees for the next (no page faults)
 
 What is trained is a :class:`~rnn2gpt.tasks.Task`; checkpoints come from :mod:`rnn2gpt.checkpoint`.
 May import: ``errors``, ``config``, ``hardware``, ``tokenizers``, ``models``, ``data``,
