@@ -95,8 +95,9 @@ class _Gelu(torch.autograd.Function):
         y = torch.empty_like(x)
         # GELU'(x) comes almost free with GELU(x) (the same Phi and exponential). Kept instead of
         # x, which nothing else holds on to (the next layer keeps y), it costs no extra memory and
-        # makes the backward one multiplication: the GELU's backward went from 0.67 ms to
-        # a fraction of that at 393k values in the nanoGPT-size step (benchmarks/RESULTS.md).
+        # makes the backward one multiplication instead of a second pass over the erf. The
+        # nanoGPT-size step measured 1.011x faster (benchmarks/RESULTS.md): the multiplication
+        # reads the slope back from memory, and the step waits on memory more than on arithmetic.
         slope = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         _library().rnn2gpt_gelu(
             x.data_ptr(),
