@@ -107,6 +107,7 @@ def test_doctor_json_has_every_field_typed(capsys):
     assert isinstance(report["torch"]["threads"], int) and report["torch"]["threads"] >= 1
     assert report["fastpaths"] in ("auto", "off")
     assert report["train"]["precision"] in ("fp32", "bf16")
+    assert isinstance(report["train"]["memory"], str) and report["train"]["memory"]
     assert isinstance(report["generate"], dict) and report["generate"]
     assert all(isinstance(v, str) for v in report["generate"].values())
     assert report["bench"] is None

@@ -772,6 +772,7 @@ def doctor_report(bench_seconds: float | None = 10.0) -> dict[str, Any]:
     from . import hardware
     from .models.base import decoding_paths
     from .models.native_ops import training_path
+    from .training import memory
     from .training.precision import precision_choice
 
     choice = precision_choice("auto", "cpu")
@@ -795,6 +796,7 @@ def doctor_report(bench_seconds: float | None = 10.0) -> dict[str, Any]:
                 hardware.bf16_autocast_speedup() if hardware.cpu_has_fast_bf16() else None
             ),
             "kernels": training_path(),
+            "memory": memory.policy(),
         },
         "generate": decoding_paths(measure=bench_seconds is not None),
         "bench": None if bench_seconds is None else hardware.measure_throughput(bench_seconds),

@@ -73,3 +73,16 @@ def test_cpu_training_sets_it(tmp_path, make_run_config, monkeypatch):
     monkeypatch.setattr(setup, "hold_freed_memory", lambda: calls.append(1) or True)
     train(make_run_config("gpt", max_steps=2, eval_interval=2), tmp_path / "run")
     assert calls == [1]
+
+
+def test_doctor_names_the_policy(monkeypatch):
+    from rnn2gpt.training import memory
+
+    monkeypatch.setattr(memory, "_held", None)
+    monkeypatch.setattr(memory, "_is_glibc", lambda: True)
+    assert "stay in the process" in memory.policy()
+    monkeypatch.setattr(memory, "_is_glibc", lambda: False)
+    assert "own allocation policy" in memory.policy()
+    monkeypatch.setattr(memory, "_is_glibc", lambda: True)
+    monkeypatch.setattr(memory, "_held", False)  # glibc, but mallopt refused
+    assert "own allocation policy" in memory.policy()

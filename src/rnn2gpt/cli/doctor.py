@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         f"fastpaths  {report['fastpaths']} (RNN2GPT_FASTPATHS)",
         f"train      precision=auto runs {report['train']['precision_reason']}",
         f"train      kernels: {report['train']['kernels']}",
+        f"train      memory: {report['train']['memory']}",
     ]
     lines += [f"generate   {name}: {path}" for name, path in report["generate"].items()]
     bench = report["bench"]

@@ -41,17 +41,23 @@ def hold_freed_memory() -> bool:
     global _held
     if _held is None:
         _held = _set_glibc_thresholds()
-        logger.debug(
-            "memory: %s",
-            "freed blocks up to 64 MiB stay in the process (glibc mallopt)"
-            if _held
-            else "the C library's own allocation policy (not glibc)",
-        )
+        logger.debug("memory: %s", policy())
     return _held
 
 
+def policy() -> str:
+    """What a CPU training run does with freed memory here (one phrase, for ``rnn2gpt doctor``)."""
+    if _held is False or not _is_glibc():
+        return "the C library's own allocation policy (the thresholds are glibc's, on Linux)"
+    return "freed blocks up to 64 MiB stay in the process between steps (glibc mallopt)"
+
+
+def _is_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def _set_glibc_thresholds() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
