@@ -19,12 +19,18 @@ from rnn2gpt.training.distributed import (
 )
 
 SCRIPT = """
-import json, sys
+import gc, json, sys
+from torch.distributed import is_initialized
+from torch.nn.parallel import DistributedDataParallel
 from rnn2gpt.config import RunConfig
 from rnn2gpt.training import train
 result = train(RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])
+# Nothing still holds the process group once train() is back (gloo's threads are joined then,
+# not at interpreter shutdown): the group is left and no DDP model outlives the run.
+leftover = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
 # One write per line: with PYTHONUNBUFFERED, print() writes each piece apart, and the two ranks'
 # pieces would interleave.
+sys.stdout.write(f"LEFT {int(is_initialized())} {leftover}\\n")
 sys.stdout.write(f"RESULT {result.steps} {result.tokens} {result.best_val_loss}\\n")
 sys.stdout.flush()
 """
@@ -71,6 +77,8 @@ def test_two_process_gloo_training(tmp_path, make_run_config, arch):
     results = [line.split() for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert len(results) == 2, proc.stdout + proc.stderr[-4000:]  # both ranks finished...
     assert results[0] == results[1]  # ...and agree on steps, tokens and the best loss
+    left = [line.split() for line in proc.stdout.splitlines() if line.startswith("LEFT")]
+    assert left == [["LEFT", "0", "0"]] * 2, proc.stdout
     if not extra:  # (the word corpus's short stream ends passes with partial batches)
         assert int(results[0][2]) == 12 * 4 * 16 * 2  # each of 2 ranks draws its own batches
     best = load_checkpoint(out / "best")

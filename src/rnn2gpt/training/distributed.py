@@ -13,6 +13,7 @@ all-reduce, and only rank 0 writes checkpoints, logs and plots.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -72,8 +73,13 @@ def setup_distributed() -> DistContext:
 
 
 def cleanup_distributed(ctx: DistContext) -> None:
-    """Leave the process group if :func:`setup_distributed` joined it."""
+    """Leave the process group if :func:`setup_distributed` joined it.
+
+    Objects that still hold the group in reference cycles (a DDP model's reducer) are collected
+    first, so that the group's last reference goes, and gloo joins its worker threads, here.
+    """
     if ctx.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

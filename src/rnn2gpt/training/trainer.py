@@ -43,6 +43,7 @@ from .compiling import StepCompiler, compile_choice
 from .distributed import (
     DistContext,
     any_rank,
+    barrier,
     cleanup_distributed,
     mean_over_ranks,
     setup_distributed,
@@ -90,16 +91,25 @@ def train(
     """
     ctx = setup_distributed()
     threads = torch.get_num_threads()  # train.threads changes a process-wide setting; undo it
+    parts: RunParts | None = None
     try:
         with sigint_flag() as sigint:
             out = Path(out_dir).expanduser()
             parts = prepare_run(
                 config, out, ctx, resume=resume, init_from=init_from, overwrite=overwrite
             )
-            return Trainer(parts, out, ctx).loop(sigint, interrupt)
+            result = Trainer(parts, out, ctx).loop(sigint, interrupt)
+            # Every rank is past its last collective before any leaves the group. Only on
+            # success: a rank that failed must exit now, not wait here for ranks that never come.
+            barrier(ctx)
+            return result
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        # DDP's reducer holds the process group: dropped here, gloo's worker threads are joined
+        # when the group is destroyed below, not during interpreter shutdown (where a gloo
+        # thread still joinable aborts the process: pytorch/pytorch#179291).
+        del parts
         cleanup_distributed(ctx)
 
 
