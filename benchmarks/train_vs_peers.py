@@ -1,7 +1,8 @@
 """Training speed side by side with the peers a user would pick instead, in one run.
 
 Two comparisons, each run as subprocesses of this script on the same machine, same data, same
-thread count (``OMP_NUM_THREADS``), one job at a time:
+thread count (``OMP_NUM_THREADS``), one job at a time; with ``--repeats``, the peer runs first on
+even repeats and second on odd ones, so that the host's drift does not always favour one side:
 
 - ``nanogpt``: nanoGPT (``../shared/peers/nanogpt``) against ``rnn2gpt train`` in nanoGPT's README
   CPU configuration: 4 layers x 4 heads x 128, no biases, block 64, batch 12, dropout 0, AdamW
@@ -83,6 +84,20 @@ def timed(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> floa
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:3])} failed ({done.returncode}); see {log}")
     return seconds
+
+
+Job = tuple[list[str], dict[str, str], Path, Path]  # timed()'s command, env, cwd, log
+
+
+def in_turn(repeat: int, peer: Job, ours: Job) -> tuple[float, float]:
+    """The wall times of ``timed(*peer)`` and ``timed(*ours)``, the peer run first on even
+    repeats and second on odd ones: the host's speed drifts over minutes, and a fixed order
+    would hand the drift to one side."""
+    if repeat % 2 == 0:
+        peer_wall = timed(*peer)
+        return peer_wall, timed(*ours)
+    ours_wall = timed(*ours)
+    return timed(*peer), ours_wall
 
 
 def rnn2gpt_command(out: Path, settings: list[str], *extra: str) -> list[str]:
@@ -236,16 +251,19 @@ def run_nanogpt(work: Path, avx2: bool, repeats: int, settings: list[str]) -> No
     for r in range(repeats):
         peer_out = work / f"nanogpt-out-{r}"
         peer_log = work / f"nanogpt-{r}.log"
-        peer_wall = timed(nanogpt_command(peer_out), environment(avx2, False), peer, peer_log)
         ours_out = work / f"rnn2gpt-{r}"
         ours_log = work / f"rnn2gpt-{r}.log"
-        ours_wall = timed(
-            rnn2gpt_command(
-                ours_out, nanogpt_settings() + settings, "--preset", "shakespeare-char-gpt"
+        peer_wall, ours_wall = in_turn(
+            r,
+            (nanogpt_command(peer_out), environment(avx2, False), peer, peer_log),
+            (
+                rnn2gpt_command(
+                    ours_out, nanogpt_settings() + settings, "--preset", "shakespeare-char-gpt"
+                ),
+                environment(avx2, True),
+                ROOT,
+                ours_log,
             ),
-            environment(avx2, True),
-            ROOT,
-            ours_log,
         )
         peer_losses, ours_losses = nanogpt_losses(peer_log), train_losses(ours_out)
         events = [json.loads(x) for x in (ours_out / "metrics.jsonl").read_text().splitlines()]
@@ -322,25 +340,28 @@ def run_wlm(work: Path, avx2: bool, repeats: int, settings: list[str]) -> None:
             "--save",
             str(work / f"wlm-{r}.pt"),
         ]
-        peer_wall = timed(command, environment(avx2, False), peer, peer_log)
+        ours_out = work / f"ptb-rnn2gpt-{r}"
+        peer_wall, ours_wall = in_turn(
+            r,
+            (command, environment(avx2, False), peer, peer_log),
+            (
+                rnn2gpt_command(
+                    ours_out,
+                    [f"train.max_tokens={tokens}", "train.max_time=0", "train.progress=false"]
+                    + settings,
+                    "--preset",
+                    "ptb-word-lstm",
+                    "--data-dir",
+                    str(PTB),
+                ),
+                environment(avx2, True),
+                ROOT,
+                work / f"ptb-rnn2gpt-{r}.log",
+            ),
+        )
         text = peer_log.read_text()
         peer_valid = float(re.findall(r"valid ppl\s+([\d.]+)", text)[-1])
         peer_test = float(re.findall(r"test ppl\s+([\d.]+)", text)[-1])
-        ours_out = work / f"ptb-rnn2gpt-{r}"
-        ours_wall = timed(
-            rnn2gpt_command(
-                ours_out,
-                [f"train.max_tokens={tokens}", "train.max_time=0", "train.progress=false"]
-                + settings,
-                "--preset",
-                "ptb-word-lstm",
-                "--data-dir",
-                str(PTB),
-            ),
-            environment(avx2, True),
-            ROOT,
-            work / f"ptb-rnn2gpt-{r}.log",
-        )
         events = [json.loads(x) for x in (ours_out / "metrics.jsonl").read_text().splitlines()]
         evals = [e for e in events if e["event"] == "eval"]
         tests = [e for e in events if e["event"] == "test"]

@@ -714,15 +714,39 @@ void rnn2gpt_gelu(const float *x, float *y, float *slope, int64_t n, int64_t thr
 
 /* out[r][j] = sum_d x[r][d] m[d][j] for rows r < rows (at most 4; row r of x at x + r x_stride,
  * of out at out + r out_stride) and j < count, m (dim, stride) row-major: rows of x times a matrix
- * kept transposed. Each load of m serves the four rows (four independent accumulators), eight
- * outputs a vector; the lanes of the last vector past count are computed too (out's rows must
- * hold count rounded up to 8). */
+ * kept transposed. Each load of m serves the four rows, eight outputs a vector; the lanes of the
+ * last vector past count are computed too (out's rows must hold count rounded up to 8). */
 static void rows_times_columns(const float *x, int64_t x_stride, int64_t rows, const float *m,
                                int64_t dim, int64_t stride, int64_t count, float *out,
                                int64_t out_stride) {
     const float *x1 = x + (rows > 1 ? x_stride : 0), *x2 = x + (rows > 2 ? 2 * x_stride : 0);
     const float *x3 = x + (rows > 3 ? 3 * x_stride : 0);
-    for (int64_t j = 0; j < count; j += 8) {
+    int64_t j = 0;
+    /* Sixteen outputs of each row at a time: eight independent FMA chains hide the FMA's
+     * latency (four would wait on it), and each broadcast of x serves two vectors of m. */
+    for (; j + 16 <= count; j += 16) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int64_t d = 0; d < dim; d++) {
+            __m256 ma = _mm256_loadu_ps(m + d * stride + j), mb = _mm256_loadu_ps(m + d * stride + j + 8);
+            __m256 x0d = _mm256_set1_ps(x[d]), x1d = _mm256_set1_ps(x1[d]);
+            __m256 x2d = _mm256_set1_ps(x2[d]), x3d = _mm256_set1_ps(x3[d]);
+            a0 = _mm256_fmadd_ps(x0d, ma, a0);
+            b0 = _mm256_fmadd_ps(x0d, mb, b0);
+            a1 = _mm256_fmadd_ps(x1d, ma, a1);
+            b1 = _mm256_fmadd_ps(x1d, mb, b1);
+            a2 = _mm256_fmadd_ps(x2d, ma, a2);
+            b2 = _mm256_fmadd_ps(x2d, mb, b2);
+            a3 = _mm256_fmadd_ps(x3d, ma, a3);
+            b3 = _mm256_fmadd_ps(x3d, mb, b3);
+        }
+        __m256 sums[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+        for (int64_t r = 0; r < rows; r++) {
+            _mm256_storeu_ps(out + r * out_stride + j, sums[r][0]);
+            _mm256_storeu_ps(out + r * out_stride + j + 8, sums[r][1]);
+        }
+    }
+    for (; j < count; j += 8) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t d = 0; d < dim; d++) {
             __m256 md = _mm256_loadu_ps(m + d * stride + j);
@@ -838,6 +862,14 @@ static void weighted_rows_two(const float *w, int64_t w_stride, int64_t count, c
     }
 }
 
+/* y (n) *= factor. */
+static void scale_row(float *y, int64_t n, float factor) {
+    const __m256 f = _mm256_set1_ps(factor);
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8) _mm256_storeu_ps(y + d, _mm256_mul_ps(_mm256_loadu_ps(y + d), f));
+    for (; d < n; d++) y[d] *= factor;
+}
+
 /* The (T, D) slice of one head of a (B * T, width) matrix, transposed into out (D, stride). */
 static void transpose_head(const float *src, int64_t width, int64_t T, int64_t D, int64_t stride,
                            float *out) {
@@ -864,39 +896,51 @@ static int64_t causal_scratch(int64_t T, int64_t D) {
     return (2 * D + 2 * T) * padded8(T);
 }
 
-/* Row i of p = softmax(scores) in place, from its raw scores q_i . k_j (j <= i): scaled, shifted
- * by the largest, exponentiated, times 1 / sum; lanes past i become zeros up to the next multiple
- * of 8. With stats NULL, its largest and 1 / sum are computed and stored in found (2); given,
- * they are used as they are (the backward recomputes the forward's probabilities to the bit). */
+/* Row i of softmax(scores) in place, from its raw scores q_i . k_j (j <= i), in one pass:
+ * e_j = exp(scale q_i . k_j - largest), lanes past i zeroed up to the next multiple of 8.
+ * With stats NULL, the largest scaled score and 1 / sum_j e_j are computed, stored in found
+ * (2), and the row is left unnormalized: the caller scales what it makes of the row instead
+ * (one multiplication per output rather than a pass over the row). Given stats, they are used
+ * as they are and the row is normalized: the backward recomputes the forward's e_j to the bit.
+ * The largest is scale times the largest raw score (the same float: rounding keeps order),
+ * found with whole vectors. */
 static void causal_probabilities(float *row, int64_t i, float scale, const float *stats,
                                  float *found) {
-    int64_t vectors = (i + 8) / 8;
-    __m256 scale8 = _mm256_set1_ps(scale);
-    for (int64_t v = 0; v < vectors; v++)
-        _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), scale8));
-    float best = stats ? stats[0] : -INFINITY;
-    if (!stats)
-        for (int64_t j = 0; j <= i; j++) best = row[j] > best ? row[j] : best;
-    __m256 total8 = _mm256_setzero_ps(), shift = _mm256_set1_ps(best);
-    for (int64_t v = 0; v < vectors; v++) {
-        __m256 e = exp_nonpositive(_mm256_min_ps(_mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), shift),
-                                                 _mm256_setzero_ps()));
-        if (v == vectors - 1) { /* lanes past i: zero */
-            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(i + 1 - 8 * v)), lane);
-            e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
-        }
-        _mm256_storeu_ps(row + 8 * v, e);
-        total8 = _mm256_add_ps(total8, e);
+    const int64_t vectors = (i + 8) / 8, last = vectors - 1;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 seen = _mm256_castsi256_ps( /* the last vector's lanes j <= i */
+        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(i + 1 - 8 * last)), lane));
+    float best;
+    if (stats) {
+        best = stats[0];
+    } else {
+        __m256 most = _mm256_set1_ps(-INFINITY);
+        for (int64_t v = 0; v < last; v++) most = _mm256_max_ps(most, _mm256_loadu_ps(row + 8 * v));
+        most = _mm256_max_ps(most, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
+                                                      _mm256_loadu_ps(row + 8 * last), seen));
+        __m128 half = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+        half = _mm_max_ps(half, _mm_movehl_ps(half, half));
+        half = _mm_max_ss(half, _mm_movehdup_ps(half));
+        best = _mm_cvtss_f32(half) * scale;
     }
-    float inverse = stats ? stats[1] : 1.0f / sum_lanes(total8);
+    const __m256 scale8 = _mm256_set1_ps(scale), shift = _mm256_set1_ps(best);
+    const __m256 inverse8 = _mm256_set1_ps(stats ? stats[1] : 1.0f);
+    __m256 total8 = _mm256_setzero_ps();
+    for (int64_t v = 0; v < vectors; v++) {
+        __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), scale8);
+        __m256 e = exp_nonpositive(_mm256_min_ps(_mm256_sub_ps(scaled, shift), _mm256_setzero_ps()));
+        if (v == last) e = _mm256_and_ps(e, seen);
+        if (stats) {
+            _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(e, inverse8));
+        } else {
+            total8 = _mm256_add_ps(total8, e);
+            _mm256_storeu_ps(row + 8 * v, e);
+        }
+    }
     if (found) {
         found[0] = best;
-        found[1] = inverse;
+        found[1] = 1.0f / sum_lanes(total8);
     }
-    const __m256 inv = _mm256_set1_ps(inverse);
-    for (int64_t v = 0; v < vectors; v++)
-        _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), inv));
 }
 
 /* scores (T, stride): row i holds q_i . k_j for j <= i (and more up to its next multiple of 8),
@@ -921,9 +965,11 @@ static void causal_forward_pair(const CausalTask *c, int64_t pair, float *scratc
     float *keys_t = scratch, *probs = keys_t + 2 * D * stride;
     causal_scores(q, W, k, T, D, keys_t, probs);
     for (int64_t i = 0; i < T; i++) {
-        float *row = probs + i * stride;
-        causal_probabilities(row, i, scale, NULL, c->stats + (pair * T + i) * 2);
-        weighted_rows(row, i + 1, v, W, D, c->y + (b * T + i) * C + h * D, 0);
+        float *row = probs + i * stride, *found = c->stats + (pair * T + i) * 2;
+        float *y = c->y + (b * T + i) * C + h * D;
+        causal_probabilities(row, i, scale, NULL, found);
+        weighted_rows(row, i + 1, v, W, D, y, 0);
+        scale_row(y, D, found[1]);
     }
 }
 
