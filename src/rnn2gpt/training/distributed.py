@@ -76,7 +76,10 @@ def cleanup_distributed(ctx: DistContext) -> None:
     """Leave the process group if :func:`setup_distributed` joined it.
 
     Objects that still hold the group in reference cycles (a DDP model's reducer) are collected
-    first, so that the group's last reference goes, and gloo joins its worker threads, here.
+    first, so that the group's last reference goes, and gloo joins its worker threads, here: not
+    during interpreter shutdown, where a gloo thread still joinable aborts the process
+    ("terminate called without an active exception"; pytorch/pytorch#179291). The caller drops
+    its own references (the run's parts) before calling this.
     """
     if ctx.owns_group and dist.is_initialized():
         gc.collect()

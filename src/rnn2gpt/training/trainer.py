@@ -99,17 +99,12 @@ def train(
                 config, out, ctx, resume=resume, init_from=init_from, overwrite=overwrite
             )
             result = Trainer(parts, out, ctx).loop(sigint, interrupt)
-            # Every rank is past its last collective before any leaves the group. Only on
-            # success: a rank that failed must exit now, not wait here for ranks that never come.
-            barrier(ctx)
+            barrier(ctx)  # on success only: a failed rank must exit, not wait for the others
             return result
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        # DDP's reducer holds the process group: dropped here, gloo's worker threads are joined
-        # when the group is destroyed below, not during interpreter shutdown (where a gloo
-        # thread still joinable aborts the process: pytorch/pytorch#179291).
-        del parts
+        del parts  # DDP's reducer holds the process group: let it go first (cleanup_distributed)
         cleanup_distributed(ctx)
 
 
