@@ -870,11 +870,35 @@ static void scale_row(float *y, int64_t n, float factor) {
     for (; d < n; d++) y[d] *= factor;
 }
 
+/* out (8 x 8, rows out_stride apart) = the transpose of in (8 x 8, rows in_stride apart). */
+static void transpose_8x8(const float *in, int64_t in_stride, float *out, int64_t out_stride) {
+    __m256 r[8], u[8], v[8];
+    for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(in + k * in_stride);
+    for (int k = 0; k < 8; k += 2) {
+        u[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        u[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        v[k] = _mm256_shuffle_ps(u[k], u[k + 2], 0x44);
+        v[k + 1] = _mm256_shuffle_ps(u[k], u[k + 2], 0xEE);
+        v[k + 2] = _mm256_shuffle_ps(u[k + 1], u[k + 3], 0x44);
+        v[k + 3] = _mm256_shuffle_ps(u[k + 1], u[k + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        _mm256_storeu_ps(out + k * out_stride, _mm256_permute2f128_ps(v[k], v[k + 4], 0x20));
+        _mm256_storeu_ps(out + (k + 4) * out_stride, _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
+    }
+}
+
 /* The (T, D) slice of one head of a (B * T, width) matrix, transposed into out (D, stride). */
 static void transpose_head(const float *src, int64_t width, int64_t T, int64_t D, int64_t stride,
                            float *out) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t d = 0; d < D; d++) out[d * stride + t] = src[t * width + d];
+    int64_t t0 = 0, d0 = 0;
+    /* Whole 8 x 8 blocks in registers (a scalar copy writes each element to another row of out). */
+    for (; t0 + 8 <= T; t0 += 8)
+        for (d0 = 0; d0 + 8 <= D; d0 += 8) transpose_8x8(src + t0 * width + d0, width, out + d0 * stride + t0, stride);
+    for (int64_t t = 0; t < T; t++) /* what the blocks left: the last T % 8 rows, D % 8 columns */
+        for (int64_t d = t < t0 ? D - D % 8 : 0; d < D; d++) out[d * stride + t] = src[t * width + d];
     for (int64_t d = 0; d < D; d++)
         for (int64_t t = T; t < stride; t++) out[d * stride + t] = 0.0f;
 }
