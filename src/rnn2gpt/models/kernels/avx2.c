@@ -1037,12 +1037,13 @@ static void causal_backward_pair(const CausalTask *c, int64_t pair, float *scrat
     /* Columns, two keys at a time: the queries i >= j saw key j (key j + 1's weight at i = j is
      * zero). dv_j = sum_i p(i, j) dy_i, dk_j = sum_i ds(i, j) q_i. */
     int64_t j = 0;
-    for (; j + 2 <= T; j += 2) {
+    /* dv first, then dk: each loop's operands (p and dy; ds and q) fit in L1 together. */
+    for (j = 0; j + 2 <= T; j += 2)
         weighted_rows_two(probs + j * stride + j, stride, T - j, dy + j * C, C, D, dv + j * W,
                           dv + (j + 1) * W);
+    for (j = 0; j + 2 <= T; j += 2)
         weighted_rows_two(ds + j * stride + j, stride, T - j, q + j * W, W, D, dk + j * W,
                           dk + (j + 1) * W);
-    }
     if (j < T) { /* the last key of an odd T: only the last query saw it */
         weighted_rows(probs + j * stride + j, 1, dy + j * C, C, D, dv + j * W, 0);
         weighted_rows(ds + j * stride + j, 1, q + j * W, W, D, dk + j * W, 0);
