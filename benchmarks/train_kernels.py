@@ -14,7 +14,12 @@ Two measurements, for the nanoGPT CPU configuration (4L/4H/128, batch 12 x 64) a
 With ``--ablate``, where the nanoGPT-size step (no biases, as nanoGPT) goes: whole steps alternating
 in one process with one component at a time replaced by a copy of its input (attention: a copy of
 v; GELU and LayerNorm: ``x * 1.0``) or skipped (clipping, AdamW), and what the step saves without
-it (median of the per-round differences). The results are wrong, the times are not.
+it (median of the per-round differences). The results are wrong, the times are not. It runs the
+GPT's modules (the parts are replaced there), not the blocks function.
+
+With ``--blocks``, the GPT's blocks as one autograd function (``models/native_blocks.py``) against
+its modules running the same C kernels, whole steps alternating in one process, both shapes
+without biases.
 
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
@@ -25,6 +30,7 @@ than the kernels.
 
     python benchmarks/train_kernels.py [--rounds 20] [--steps 4] [--trainer] [--trainer-steps 1200]
     python benchmarks/train_kernels.py --ablate [--rounds 15]
+    python benchmarks/train_kernels.py --blocks [--rounds 20]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -32,6 +38,7 @@ Benchmark one job at a time: two on two cores slow each other far more than 2x.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -42,7 +49,7 @@ import torch.nn.functional as F
 
 from rnn2gpt.config import ModelConfig
 from rnn2gpt.hardware import cpu_capability, cpu_model
-from rnn2gpt.models import build_model, native_ops
+from rnn2gpt.models import build_model, native_blocks, native_ops
 
 SHAPES = {
     "nanoGPT 4L/4H/128, batch 12 x 64": (dict(n_layer=4, n_head=4, n_embd=128), 12, 64),
@@ -100,9 +107,13 @@ def kernels(shape: dict, batch: int, steps: int) -> dict[str, float]:
     return {name: round(median_us(case)) for name, case in cases.items()}
 
 
-def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+def training_step(shape: dict, batch: int, steps: int, bias: bool = True):
+    """One whole training step of a fresh GPT (forward, backward, clipping, fused AdamW) on a
+    fixed random batch, as a closure."""
     torch.manual_seed(0)
-    config = ModelConfig(arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, **shape)
+    config = ModelConfig(
+        arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, bias=bias, **shape
+    )
     model = build_model(config).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True
@@ -117,22 +128,64 @@ def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_rou
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {"auto": [], "off": []}
+    return step
+
+
+def alternate(step, modes: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """ms per step under each mode (a name -> a function that switches to it), in blocks of
+    ``per_round`` steps alternating round by round; the first step after a switch is dropped."""
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(3):
         step()
     for _ in range(rounds):
-        for mode in times:
-            os.environ["RNN2GPT_FASTPATHS"] = mode
-            step()  # the first step after a switch is not counted
+        for mode, switch in modes.items():
+            switch()
+            step()
             start = time.perf_counter()
             for _ in range(per_round):
                 step()
             times[mode].append((time.perf_counter() - start) / per_round * 1e3)
+    return times
+
+
+def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """C kernels (fast paths auto, read on every call) against PyTorch's (off)."""
+    modes = {
+        mode: functools.partial(os.environ.__setitem__, "RNN2GPT_FASTPATHS", mode)
+        for mode in ("auto", "off")
+    }
+    times = alternate(training_step(shape, batch, steps), modes, rounds, per_round)
     ratios = [off / auto for auto, off in zip(times["auto"], times["off"])]
     return {
         "C ms/step": round(statistics.median(times["auto"]), 2),
         "PyTorch ms/step": round(statistics.median(times["off"]), 2),
         "speedup": round(statistics.median(ratios), 3),
+    }
+
+
+def blocks_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """The blocks as one autograd function (models/native_blocks.py) against the GPT's modules
+    running the same C kernels, both without biases (as nanoGPT)."""
+    real = native_blocks.applies
+    chosen = {"blocks": True}
+
+    def applies(*args) -> bool:
+        return chosen["blocks"] and real(*args)
+
+    modes = {
+        mode: functools.partial(chosen.__setitem__, "blocks", mode == "blocks")
+        for mode in ("blocks", "modules")
+    }
+    native_blocks.applies = applies
+    try:
+        times = alternate(training_step(shape, batch, steps, bias=False), modes, rounds, per_round)
+    finally:
+        native_blocks.applies = real
+    ratios = [m / b for b, m in zip(times["blocks"], times["modules"])]
+    return {
+        "blocks ms/step": round(statistics.median(times["blocks"]), 2),
+        "modules ms/step": round(statistics.median(times["modules"]), 2),
+        "blocks speedup": round(statistics.median(ratios), 3),
     }
 
 
@@ -178,6 +231,8 @@ def ablation(rounds: int, per_round: int) -> dict[str, float]:
 
     parts = [None, "attention", "AdamW", "GELU", "LayerNorm", "clipping"]
     times: dict[str | None, list[float]] = {part: [] for part in parts}
+    real_applies = native_blocks.applies
+    native_blocks.applies = lambda *args: False  # the parts are replaced in the modules
     try:
         for _ in range(3):
             step()
@@ -191,6 +246,7 @@ def ablation(rounds: int, per_round: int) -> dict[str, float]:
                 times[part].append((time.perf_counter() - start) / per_round * 1e3)
     finally:
         leave_out(None)
+        native_blocks.applies = real_applies
     result = {"whole step ms": round(statistics.median(times[None]), 2)}
     for part in parts[1:]:
         saved = [whole - without for whole, without in zip(times[None], times[part])]
@@ -259,6 +315,9 @@ def main() -> None:
     parser.add_argument("--trainer", action="store_true", help="also time rnn2gpt train itself")
     parser.add_argument("--trainer-steps", type=int, default=1200)
     parser.add_argument("--ablate", action="store_true", help="where the step goes, instead")
+    parser.add_argument(
+        "--blocks", action="store_true", help="the blocks function against the modules, instead"
+    )
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     if native_ops.unavailable_reason() is not None:
@@ -266,6 +325,11 @@ def main() -> None:
     print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads, fp32")
     if args.ablate:
         print(json.dumps(ablation(args.rounds, args.steps)))
+        return
+    if args.blocks:
+        for name, (shape, batch, steps) in SHAPES.items():
+            row = blocks_side_by_side(shape, batch, steps, args.rounds, args.steps)
+            print(json.dumps({"shape": name, **row}))
         return
     for name, (shape, batch, steps) in SHAPES.items():
         row = {"shape": name, **kernels(shape, batch, steps)}

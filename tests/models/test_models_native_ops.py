@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnn2gpt.models import native, native_ops
+from rnn2gpt.models import native, native_blocks, native_ops
 from rnn2gpt.models.ops import SMALL_GELU_NUMEL
 
 
@@ -141,7 +141,9 @@ def _counting(monkeypatch, name):
 def test_a_gpt_trains_through_them_with_pytorchs_losses_and_gradients(
     make_model, c_kernels, monkeypatch
 ):
-    """A training forward and backward of a GPT whose MLP is wide enough for the C GELU."""
+    """A training forward and backward of a GPT whose MLP is wide enough for the C GELU, through
+    its modules (the blocks function, tested in test_models_native_blocks.py, is kept out)."""
+    monkeypatch.setattr(native_blocks, "applies", lambda *args: False)
     tokens = torch.randint(0, 13, (2, 40), generator=torch.Generator().manual_seed(0))
 
     def loss_and_grads():

@@ -123,20 +123,29 @@ def _layer_norm(layer: nn.Module) -> Step:
     return layer
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    global_hooks = (
-        module_hooks._global_forward_hooks,
-        module_hooks._global_forward_pre_hooks,
-    )
+def has_hooks(model: nn.Module, backward: bool = False) -> bool:
+    """Whether hooks (global or on any of ``model``'s modules) must see its modules' forward
+    calls, or with ``backward``, their backward calls too: then the modules must run."""
+    global_hooks = [module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks]
+    if backward:
+        global_hooks += [
+            module_hooks._global_backward_hooks,
+            module_hooks._global_backward_pre_hooks,
+        ]
     if any(global_hooks):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or (backward and (m._backward_hooks or m._backward_pre_hooks))
+        for m in model.modules()
+    )
 
 
 def build_decode_plan(model: GPT) -> DecodePlan:
     """The plan of ``model`` as its modules are now (without layers where hooks must see every
     call)."""
-    if _has_hooks(model):
+    if has_hooks(model):
         return DecodePlan(None)
     tr = model.transformer
     positions = model.pos_table if model.config.pos_encoding == "sinusoidal" else tr.wpe.weight
@@ -186,7 +195,7 @@ def build_lstm_plan(model: RecurrentLM) -> LSTMPlan:
         or lstm.proj_size
         or not fastpaths_enabled()
         or model.embedding.weight.device.type != "cpu"
-        or _has_hooks(model)
+        or has_hooks(model)
     ):
         return LSTMPlan(None)
     per_layer = len(lstm._flat_weights) // lstm.num_layers
@@ -330,6 +339,7 @@ __all__ = [
     "LayerPlan",
     "build_decode_plan",
     "build_lstm_plan",
+    "has_hooks",
     "lstm_step",
     "may_use_plan",
     "next_positions",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
-from . import native_ops
+from . import native_blocks, native_ops
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
 from .decode_plan import (
@@ -326,10 +326,14 @@ class GPT(nn.Module):
         )  # (B, T, C)
         x = dropout(self.transformer.drop, x)
         mask, is_causal = cache.attention_mask(steps)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, mask, is_causal, recorder)
-            if recorder is not None:
-                recorder(f"layer{i}.hidden", x.detach())
+        if native_blocks.applies(self, x, cache, mask, is_causal, recorder):
+            # Training on AVX2: the blocks in one autograd function (models/native_blocks.py).
+            x = native_blocks.blocks_forward(self, x, cache)
+        else:
+            for i, block in enumerate(self.transformer.h):
+                x = block(x, cache, i, mask, is_causal, recorder)
+                if recorder is not None:
+                    recorder(f"layer{i}.hidden", x.detach())
         cache.advance(steps)
         hidden = self.transformer.ln_f(x)  # (B, T, C)
         return lm_output(hidden, self.lm_head, self.clusters, self.cutoffs, targets), cache

@@ -88,24 +88,71 @@ def _check(status: int) -> None:
         raise MemoryError("the C attention kernel could not allocate its scratch memory")
 
 
+def gelu_with_slope(x: Tensor, keep_slope: bool) -> tuple[Tensor, Tensor | None]:
+    """x (contiguous float32) -> (GELU(x), its slope Phi(x) + x phi(x) or None), one C pass."""
+    y = torch.empty_like(x)
+    # GELU'(x) comes almost free with GELU(x) (the same Phi and exponential). Kept instead of
+    # x, which nothing else holds on to (the next layer keeps y), it costs no extra memory and
+    # makes the backward one multiplication instead of a second pass over the erf. The
+    # nanoGPT-size step measured 1.011x faster (benchmarks/RESULTS.md): the multiplication
+    # reads the slope back from memory, and the step waits on memory more than on arithmetic.
+    slope = torch.empty_like(x) if keep_slope else None
+    _library().rnn2gpt_gelu(
+        x.data_ptr(),
+        y.data_ptr(),
+        None if slope is None else slope.data_ptr(),
+        x.numel(),
+        torch.get_num_threads(),
+    )
+    return y, slope
+
+
+def attention_forward(qkv: Tensor, n_head: int) -> tuple[Tensor, Tensor]:
+    """qkv (B, T, 3C) contiguous -> (y (B, T, C), stats (B, H, T, 2): each query's softmax
+    maximum and 1 / sum, which :func:`attention_backward` recomputes the probabilities from)."""
+    batch, steps, width3 = qkv.shape
+    width = width3 // 3
+    y = qkv.new_empty(batch, steps, width)
+    stats = qkv.new_empty(batch, n_head, steps, 2)
+    _check(
+        _library().rnn2gpt_causal_attention(
+            qkv.data_ptr(),
+            y.data_ptr(),
+            stats.data_ptr(),
+            batch,
+            steps,
+            n_head,
+            width // n_head,
+            torch.get_num_threads(),
+        )
+    )
+    return y, stats
+
+
+def attention_backward(qkv: Tensor, stats: Tensor, dy: Tensor, n_head: int) -> Tensor:
+    """The gradient of :func:`attention_forward`: dy (B, T, C) contiguous -> dqkv (B, T, 3C)."""
+    batch, steps, width3 = qkv.shape
+    dqkv = torch.empty_like(qkv)
+    _check(
+        _library().rnn2gpt_causal_attention_backward(
+            qkv.data_ptr(),
+            stats.data_ptr(),
+            dy.data_ptr(),
+            dqkv.data_ptr(),
+            batch,
+            steps,
+            n_head,
+            width3 // 3 // n_head,
+            torch.get_num_threads(),
+        )
+    )
+    return dqkv
+
+
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        # GELU'(x) comes almost free with GELU(x) (the same Phi and exponential). Kept instead of
-        # x, which nothing else holds on to (the next layer keeps y), it costs no extra memory and
-        # makes the backward one multiplication instead of a second pass over the erf. The
-        # nanoGPT-size step measured 1.011x faster (benchmarks/RESULTS.md): the multiplication
-        # reads the slope back from memory, and the step waits on memory more than on arithmetic.
-        slope = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        _library().rnn2gpt_gelu(
-            x.data_ptr(),
-            y.data_ptr(),
-            None if slope is None else slope.data_ptr(),
-            x.numel(),
-            torch.get_num_threads(),
-        )
+        y, slope = gelu_with_slope(x.contiguous(), ctx.needs_input_grad[0])
         ctx.save_for_backward(slope)
         return y
 
@@ -119,23 +166,8 @@ class _Gelu(torch.autograd.Function):
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: Tensor, n_head: int) -> Tensor:  # type: ignore[override]
-        batch, steps, width3 = qkv.shape
-        width = width3 // 3
         qkv = qkv.contiguous()
-        y = qkv.new_empty(batch, steps, width)
-        stats = qkv.new_empty(batch, n_head, steps, 2)  # each query's softmax: max and 1 / sum
-        _check(
-            _library().rnn2gpt_causal_attention(
-                qkv.data_ptr(),
-                y.data_ptr(),
-                stats.data_ptr(),
-                batch,
-                steps,
-                n_head,
-                width // n_head,
-                torch.get_num_threads(),
-            )
-        )
+        y, stats = attention_forward(qkv, n_head)
         ctx.save_for_backward(qkv, stats)
         ctx.n_head = n_head
         return y
@@ -144,23 +176,7 @@ class _CausalAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         qkv, stats = ctx.saved_tensors
-        batch, steps, width3 = qkv.shape
-        dy = dy.contiguous()
-        dqkv = torch.empty_like(qkv)
-        _check(
-            _library().rnn2gpt_causal_attention_backward(
-                qkv.data_ptr(),
-                stats.data_ptr(),
-                dy.data_ptr(),
-                dqkv.data_ptr(),
-                batch,
-                steps,
-                ctx.n_head,
-                width3 // 3 // ctx.n_head,
-                torch.get_num_threads(),
-            )
-        )
-        return dqkv, None
+        return attention_backward(qkv, stats, dy.contiguous(), ctx.n_head), None
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -175,4 +191,13 @@ def causal_attention(qkv: Tensor, n_head: int) -> Tensor:
     return _CausalAttention.apply(qkv, n_head)
 
 
-__all__ = ["causal_attention", "gelu", "training_path", "unavailable_reason", "usable"]
+__all__ = [
+    "attention_backward",
+    "attention_forward",
+    "causal_attention",
+    "gelu",
+    "gelu_with_slope",
+    "training_path",
+    "unavailable_reason",
+    "usable",
+]
