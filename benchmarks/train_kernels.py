@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from rnn2gpt.config import ModelConfig
 from rnn2gpt.hardware import cpu_capability, cpu_model
 from rnn2gpt.models import build_model, native_blocks, native_ops
+from rnn2gpt.training.memory import hold_freed_memory
 
 SHAPES = {
     "nanoGPT 4L/4H/128, batch 12 x 64": (dict(n_layer=4, n_head=4, n_embd=128), 12, 64),
@@ -320,6 +321,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
+    hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
     if native_ops.unavailable_reason() is not None:
         raise SystemExit(f"the C kernels do not run here: {native_ops.unavailable_reason()}")
     print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads, fp32")

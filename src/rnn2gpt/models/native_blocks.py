@@ -164,6 +164,7 @@ class _Blocks(torch.autograd.Function):
         dh = d_out.reshape(rows, width).contiguous()
         for index in reversed(range(len(ctx.layers))):
             w, s = ctx.layers[index], ctx.saved[index]
+            ctx.saved[index] = None  # each layer's activations go once read, as autograd's would
             wants = LayerWeights(*needs[index * FIELDS : (index + 1) * FIELDS])
             g = dict.fromkeys(LayerWeights._fields)
             # MLP: x_out = x_mid + GELU(ln_2 W_fc^T + b_fc) W_proj^T + b_proj
