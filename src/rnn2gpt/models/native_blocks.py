@@ -115,6 +115,22 @@ def _residual(x: Tensor, branch: Tensor, weight: Tensor, bias: Tensor | None) ->
     return out if bias is None else out.add_(bias)
 
 
+def _layer_norm_backward(
+    d_norm: Tensor,
+    x: Tensor,
+    forward: tuple[Tensor, Tensor, Tensor],
+    weights: tuple[Tensor, Tensor | None],
+    wanted: tuple[bool, bool],
+    residual: Tensor,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The gradient into a residual stream x (N, C) through ``LayerNorm(x)`` and straight from
+    above (``residual``), and the LayerNorm's weight and bias gradients where ``wanted``."""
+    d_x, d_weight, d_bias = _aten.native_layer_norm_backward(
+        d_norm, x, x.shape[-1:], forward[1], forward[2], *weights, [True, *wanted]
+    )
+    return d_x.add_(residual), d_weight, d_bias
+
+
 class _Saved(NamedTuple):
     """What one layer's backward reads (N = B * T rows)."""
 
@@ -177,17 +193,14 @@ class _Blocks(torch.autograd.Function):
                 g["c_fc_weight"] = torch.mm(d_pre.t(), s.ln_2[0])
             if wants.c_fc_bias:
                 g["c_fc_bias"] = d_pre.sum(0)
-            d_mid, g["ln_2_weight"], g["ln_2_bias"] = _aten.native_layer_norm_backward(
+            d_mid, g["ln_2_weight"], g["ln_2_bias"] = _layer_norm_backward(
                 torch.mm(d_pre, w.c_fc_weight),
                 s.x_mid,
-                (width,),
-                s.ln_2[1],
-                s.ln_2[2],
-                w.ln_2_weight,
-                w.ln_2_bias,
-                [True, wants.ln_2_weight, wants.ln_2_bias],
+                s.ln_2,
+                (w.ln_2_weight, w.ln_2_bias),
+                (wants.ln_2_weight, wants.ln_2_bias),
+                residual=dh,
             )
-            d_mid.add_(dh)
             # Attention: x_mid = x + attention(ln_1 W_attn^T + b_attn) W_o^T + b_o
             if wants.attn_proj_weight:
                 g["attn_proj_weight"] = torch.mm(d_mid.t(), s.y)
@@ -200,17 +213,14 @@ class _Blocks(torch.autograd.Function):
                 g["c_attn_weight"] = torch.mm(d_qkv.t(), s.ln_1[0])
             if wants.c_attn_bias:
                 g["c_attn_bias"] = d_qkv.sum(0)
-            dh, g["ln_1_weight"], g["ln_1_bias"] = _aten.native_layer_norm_backward(
+            dh, g["ln_1_weight"], g["ln_1_bias"] = _layer_norm_backward(
                 torch.mm(d_qkv, w.c_attn_weight),
                 s.x,
-                (width,),
-                s.ln_1[1],
-                s.ln_1[2],
-                w.ln_1_weight,
-                w.ln_1_bias,
-                [True, wants.ln_1_weight, wants.ln_1_bias],
+                s.ln_1,
+                (w.ln_1_weight, w.ln_1_bias),
+                (wants.ln_1_weight, wants.ln_1_bias),
+                residual=d_mid,
             )
-            dh.add_(d_mid)
             grads[index * FIELDS : (index + 1) * FIELDS] = [
                 g[name] for name in LayerWeights._fields
             ]
