@@ -115,6 +115,15 @@ def _residual(x: Tensor, branch: Tensor, weight: Tensor, bias: Tensor | None) ->
     return out if bias is None else out.add_(bias)
 
 
+def _linear_param_grads(
+    d_out: Tensor, x: Tensor, want_weight: bool, want_bias: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """A linear layer's weight gradient d_out^T x (out, in) and bias gradient (out,), each only
+    where wanted; d_out (N, out), x (N, in)."""
+    d_weight = torch.mm(d_out.t(), x) if want_weight else None
+    return d_weight, (d_out.sum(0) if want_bias else None)
+
+
 def _layer_norm_backward(
     d_norm: Tensor,
     x: Tensor,
@@ -184,15 +193,13 @@ class _Blocks(torch.autograd.Function):
             wants = LayerWeights(*needs[index * FIELDS : (index + 1) * FIELDS])
             g = dict.fromkeys(LayerWeights._fields)
             # MLP: x_out = x_mid + GELU(ln_2 W_fc^T + b_fc) W_proj^T + b_proj
-            if wants.mlp_proj_weight:
-                g["mlp_proj_weight"] = torch.mm(dh.t(), s.hidden)
-            if wants.mlp_proj_bias:
-                g["mlp_proj_bias"] = dh.sum(0)
+            g["mlp_proj_weight"], g["mlp_proj_bias"] = _linear_param_grads(
+                dh, s.hidden, wants.mlp_proj_weight, wants.mlp_proj_bias
+            )
             d_pre = torch.mm(dh, w.mlp_proj_weight).mul_(s.slope)  # (N, F) through the GELU
-            if wants.c_fc_weight:
-                g["c_fc_weight"] = torch.mm(d_pre.t(), s.ln_2[0])
-            if wants.c_fc_bias:
-                g["c_fc_bias"] = d_pre.sum(0)
+            g["c_fc_weight"], g["c_fc_bias"] = _linear_param_grads(
+                d_pre, s.ln_2[0], wants.c_fc_weight, wants.c_fc_bias
+            )
             d_mid, g["ln_2_weight"], g["ln_2_bias"] = _layer_norm_backward(
                 torch.mm(d_pre, w.c_fc_weight),
                 s.x_mid,
@@ -202,17 +209,15 @@ class _Blocks(torch.autograd.Function):
                 residual=dh,
             )
             # Attention: x_mid = x + attention(ln_1 W_attn^T + b_attn) W_o^T + b_o
-            if wants.attn_proj_weight:
-                g["attn_proj_weight"] = torch.mm(d_mid.t(), s.y)
-            if wants.attn_proj_bias:
-                g["attn_proj_bias"] = d_mid.sum(0)
+            g["attn_proj_weight"], g["attn_proj_bias"] = _linear_param_grads(
+                d_mid, s.y, wants.attn_proj_weight, wants.attn_proj_bias
+            )
             d_y = torch.mm(d_mid, w.attn_proj_weight).view(batch, steps, width)
             d_qkv = native_ops.attention_backward(s.qkv, s.stats, d_y, ctx.n_head)
             d_qkv = d_qkv.view(rows, 3 * width)
-            if wants.c_attn_weight:
-                g["c_attn_weight"] = torch.mm(d_qkv.t(), s.ln_1[0])
-            if wants.c_attn_bias:
-                g["c_attn_bias"] = d_qkv.sum(0)
+            g["c_attn_weight"], g["c_attn_bias"] = _linear_param_grads(
+                d_qkv, s.ln_1[0], wants.c_attn_weight, wants.c_attn_bias
+            )
             dh, g["ln_1_weight"], g["ln_1_bias"] = _layer_norm_backward(
                 torch.mm(d_qkv, w.c_attn_weight),
                 s.x,
