@@ -79,7 +79,10 @@ def training_path() -> str:
     """What computes a GPT's GELU and causal attention in fp32 training here, and why."""
     reason = unavailable_reason()
     if reason is None:
-        return "the exact GELU and causal attention in C (fp32, outside autocast and compile)"
+        return (
+            "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
+            "the blocks as one autograd function where nothing needs the modules"
+        )
     return f"PyTorch's GELU and attention kernels ({reason})"
 
 
