@@ -14,7 +14,10 @@ node for the whole stack.
 
 The numbers are the modules' within float rounding: the same kernels, the residual and bias adds
 in another order (``tests/models/test_models_native_blocks.py``). Only the products that a
-gradient needs run: a frozen weight's gradient is not computed.
+gradient needs run: a frozen weight's gradient is not computed. The activations are kept on the
+function's context, not with ``save_for_backward``, so that each layer's go as soon as the
+backward has read them (as autograd frees the modules' node by node); the price is autograd's
+check that nothing changed them in place between the forward and the backward.
 
 Where: :meth:`rnn2gpt.models.gpt.GPT.forward` takes it when :func:`applies`: gradients on, a fresh
 sequence without mask, recorder or dropout, the exact GELU, plain ``nn.Linear``/``nn.LayerNorm``
