@@ -31,6 +31,20 @@ def fastpaths_auto(monkeypatch):
 
 
 @pytest.fixture
+def c_kernels(monkeypatch, fastpaths_auto):
+    """The C training kernels of models/kernels/avx2.c run (skipped, naming why, where this
+    machine cannot build them). Their use is limited to CPUs where PyTorch runs at AVX2
+    (measured there); the kernels themselves run on any AVX2 CPU, so the tests take them on
+    AVX-512 CPUs too."""
+    from rnn2gpt.models import native, native_ops
+
+    reason = native.load_built(native_ops.KERNEL)[1]
+    if reason is not None:
+        pytest.skip(f"the C training kernels cannot run here: {reason}")
+    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
+
+
+@pytest.fixture
 def fastpaths_off(monkeypatch):
     """For tests of the fallbacks: every automatic fast path off (RNN2GPT_FASTPATHS=off)."""
     monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")

@@ -13,17 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn2gpt.models import native, native_blocks, native_ops
-
-
-@pytest.fixture
-def c_kernels(monkeypatch, fastpaths_auto):
-    """The C kernels run (skipped where this machine cannot build them); taken on AVX-512 CPUs
-    too, where the GPT leaves them to PyTorch's own kernels."""
-    reason = native.load_built(native_ops.KERNEL)[1]
-    if reason is not None:
-        pytest.skip(f"the C training kernels cannot run here: {reason}")
-    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
+from rnn2gpt.models import native_blocks
 
 
 @pytest.fixture

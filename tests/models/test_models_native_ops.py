@@ -18,17 +18,6 @@ from rnn2gpt.models import native, native_blocks, native_ops
 from rnn2gpt.models.ops import SMALL_GELU_NUMEL
 
 
-@pytest.fixture
-def c_kernels(monkeypatch, fastpaths_auto):
-    """The C kernels run (skipped where this machine cannot build them). Their use is limited
-    to CPUs where PyTorch runs at AVX2 (measured there); the kernels themselves run on any AVX2
-    CPU, so the tests take them on AVX-512 CPUs too."""
-    reason = native.load_built(native_ops.KERNEL)[1]
-    if reason is not None:
-        pytest.skip(f"the C training kernels cannot run here: {reason}")
-    monkeypatch.setattr(native_ops, "cpu_capability", lambda: "AVX2")
-
-
 def pytorch_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     batch, steps, width3 = qkv.shape
     width = width3 // 3

@@ -54,6 +54,11 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_causal_attention.restype = ctypes.c_int
     library.rnn2gpt_causal_attention_backward.argtypes = [ptr] * 4 + [i64] * 5
     library.rnn2gpt_causal_attention_backward.restype = ctypes.c_int
+    library.rnn2gpt_squared_norm.argtypes = [ptr, ptr, i64, i64]
+    library.rnn2gpt_squared_norm.restype = ctypes.c_double
+    f64 = ctypes.c_double
+    library.rnn2gpt_adamw.argtypes = [ptr] * 6 + [i64] + [f64] * 6 + [i64]
+    library.rnn2gpt_adamw.restype = ctypes.c_int
     return library
 
 
@@ -88,7 +93,7 @@ def training_path() -> str:
 
 def _check(status: int) -> None:
     if status != 0:
-        raise MemoryError("the C attention kernel could not allocate its scratch memory")
+        raise MemoryError("a C training kernel could not allocate its scratch memory")
 
 
 def gelu_with_slope(x: Tensor, keep_slope: bool) -> tuple[Tensor, Tensor | None]:
@@ -150,6 +155,61 @@ def attention_backward(qkv: Tensor, stats: Tensor, dy: Tensor, n_head: int) -> T
         )
     )
     return dqkv
+
+
+def _pointers(tensors: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _sizes(tensors: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+
+
+def squared_norm(tensors: list[Tensor]) -> float:
+    """sum of every element squared over ``tensors`` (contiguous float32), in one C pass; the
+    same bits for any thread count."""
+    total = _library().rnn2gpt_squared_norm(
+        _pointers(tensors), _sizes(tensors), len(tensors), torch.get_num_threads()
+    )
+    if total < 0:
+        raise MemoryError("the C norm kernel could not allocate its scratch memory")
+    return total
+
+
+def adamw_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    grad_scale: float,
+) -> None:
+    """One AdamW step in place over ``params`` (contiguous float32, as ``grads``, ``exp_avgs``
+    and ``exp_avg_sqs``, each pair the same size), each gradient taken times ``grad_scale``;
+    ``steps`` (0-d float32) are incremented first, as :class:`torch.optim.AdamW` keeps them."""
+    _check(
+        _library().rnn2gpt_adamw(
+            _pointers(params),
+            _pointers(grads),
+            _pointers(exp_avgs),
+            _pointers(exp_avg_sqs),
+            _pointers(steps),
+            _sizes(params),
+            len(params),
+            lr,
+            betas[0],
+            betas[1],
+            eps,
+            weight_decay,
+            grad_scale,
+            torch.get_num_threads(),
+        )
+    )
 
 
 class _Gelu(torch.autograd.Function):

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from .native_adamw import NativeAdamW
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def _supports_fused(device: torch.device) -> bool:
 def build_optimizer(
     model: nn.Module, config: TrainConfig, device: torch.device | str = "cpu"
 ) -> torch.optim.Optimizer:
-    """AdamW (fused where supported) or plain SGD over :func:`param_groups`.
+    """AdamW (:class:`NativeAdamW`; PyTorch's fused kernel where its C step does not run) or plain
+    SGD over :func:`param_groups`.
 
     ``config.lr`` is the starting value only; :func:`set_lr` drives it each step.
 
@@ -82,7 +84,8 @@ def build_optimizer(
         raise ConfigError(f"train.optimizer must be adamw or sgd (got {config.optimizer!r})")
     extra = {"fused": True} if _supports_fused(device) else {}
     logger.debug("AdamW on %s%s", device, " (fused)" if extra else "")
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **extra)
+    # NativeAdamW is torch.optim.AdamW, with its step (clipping included) in C where it can.
+    return NativeAdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **extra)
 
 
 def progress_fraction(step: int, elapsed: float, tokens: int, config: TrainConfig) -> float:

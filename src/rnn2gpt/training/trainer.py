@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import BEST, LAST, load_weights, save_checkpoint
 from ..config import RunConfig
@@ -50,6 +49,7 @@ from .distributed import (
     wrap_model,
 )
 from .log import METRICS_FILE, MetricsLog, format_seconds, logging_redirect, progress_bar
+from .native_adamw import clip_and_step
 from .optim import lr_at, progress_fraction, set_lr
 from .plan import describe_plan, planned_train_seconds, seconds_left
 from .precision import autocast
@@ -259,9 +259,7 @@ class Trainer:
                 (loss / accum if accum > 1 else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             tokens += count
-        if tc.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        clip_and_step(self.optimizer, self.model.parameters(), max(tc.grad_clip, 0.0))
         self.optimizer.zero_grad(set_to_none=True)
         self.step_tokens = tokens * self.ctx.world_size
         assert total is not None
