@@ -50,7 +50,7 @@ def _supports_fused(device: torch.device) -> bool:
         return False  # pragma: no cover - very old PyTorch
     try:
         probe = nn.Parameter(torch.zeros(1, device=device))
-        torch.optim.AdamW([probe], fused=True)
+        NativeAdamW([probe], fused=True)  # PyTorch's checks, without importing torch._dynamo
     except (RuntimeError, ValueError, TypeError):
         return False
     return True
