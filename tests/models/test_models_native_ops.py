@@ -95,10 +95,50 @@ def test_a_gelu_without_backward_keeps_no_slope(c_kernels, case):
     torch.testing.assert_close(y, F.gelu(x.detach()), rtol=1e-5, atol=1e-6)
 
 
+def layer_norm_with_residual(x, weight, bias, grad, residual, eps=1e-5):
+    """(y, dx + residual, d_weight, d_bias) from C, and the same from PyTorch's autograd."""
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = None if weight is None else weight.detach().clone().requires_grad_()
+    b_ref = None if bias is None else bias.detach().clone().requires_grad_()
+    y_ref = F.layer_norm(x_ref, x.shape[-1:], w_ref, b_ref, eps)
+    y_ref.backward(grad)
+    forward = native_ops.layer_norm(x, weight, bias, eps)
+    d_x, d_w, d_b = native_ops.layer_norm_backward(
+        grad, x, forward, weight, residual, (weight is not None, bias is not None)
+    )
+    ours = (forward[0], d_x, d_w, d_b)
+    theirs = (
+        y_ref,
+        x_ref.grad + residual,
+        getattr(w_ref, "grad", None),
+        getattr(b_ref, "grad", None),
+    )
+    return ours, theirs
+
+
+# (rows, width): odd widths take the scalar tails; 70 rows three chunks of the weight's sums.
+@pytest.mark.parametrize("shape", [(5, 7), (70, 128), (33, 20), (1, 192)])
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "neither"])
+def test_layer_norm_and_its_gradients_equal_pytorch(c_kernels, shape, affine):
+    torch.manual_seed(0)
+    rows, width = shape
+    x = torch.randn(rows, width) * 3.0 + 1.5  # off-centre: the mean matters
+    weight = torch.randn(width) if affine != "neither" else None
+    bias = torch.randn(width) if affine == "weight and bias" else None
+    grad, residual = torch.randn(rows, width), torch.randn(rows, width)
+    ours, theirs = layer_norm_with_residual(x, weight, bias, grad, residual)
+    for a, b in zip(ours, theirs, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_thread_count_does_not_change_a_bit(c_kernels):
     torch.manual_seed(0)
     qkv, grad = torch.randn(3, 40, 3 * 4 * 16), torch.randn(3, 40, 64)
     x, dy = torch.randn(3 * SMALL_GELU_NUMEL + 5), torch.randn(3 * SMALL_GELU_NUMEL + 5)
+    rows = torch.randn(200, 24)  # LayerNorm: 200 rows, seven chunks of the weight's sums
     threads = torch.get_num_threads()
     results = []
     try:
@@ -107,6 +147,7 @@ def test_the_thread_count_does_not_change_a_bit(c_kernels):
             results.append(
                 forward_backward(native_ops.causal_attention, qkv, grad, 4)
                 + forward_backward(native_ops.gelu, x, dy)
+                + layer_norm_with_residual(rows, rows[0], rows[1], rows * 2, rows.flip(0))[0]
             )
     finally:
         torch.set_num_threads(threads)

@@ -8,12 +8,12 @@ GPT (views, transposes, reshapes, autograd nodes and their bookkeeping). A step 
 at width 16, where the arithmetic is nothing, took 4.9 ms against 56 ms at width 128 (AMD EPYC,
 AVX2 only; ``benchmarks/RESULTS.md``). Here the blocks are written out once, forward and
 backward: each layer is eight matrix products forward and eight backward (MKL, through
-``torch.mm``/``torch.addmm`` with the residual adds folded into ``addmm``), the C attention and
-GELU of :mod:`rnn2gpt.models.native_ops`, and PyTorch's LayerNorm kernels, and autograd sees one
-node for the whole stack.
+``torch.mm``/``torch.addmm`` with the residual adds folded into ``addmm``), and the C
+attention, GELU and LayerNorm of :mod:`rnn2gpt.models.native_ops` (the LayerNorm's backward adds
+the residual stream's gradient in its pass), and autograd sees one node for the whole stack.
 
-The numbers are the modules' within float rounding: the same kernels, the residual and bias adds
-in another order (``tests/models/test_models_native_blocks.py``). Only the products that a
+The numbers are the modules' within float rounding: the same arithmetic, the residual and bias
+adds in another order (``tests/models/test_models_native_blocks.py``). Only the products that a
 gradient needs run: a frozen weight's gradient is not computed. The activations are kept on the
 function's context, not with ``save_for_backward``, so that each layer's go as soon as the
 backward has read them (as autograd frees the modules' node by node); the price is autograd's
@@ -38,8 +38,6 @@ from torch.autograd.function import once_differentiable
 from . import native_ops
 from .decode_plan import has_hooks
 from .kv_cache import KVCache
-
-_aten = torch.ops.aten
 
 
 class LayerWeights(NamedTuple):
@@ -127,27 +125,11 @@ def _linear_param_grads(
     return d_weight, (d_out.sum(0) if want_bias else None)
 
 
-def _layer_norm_backward(
-    d_norm: Tensor,
-    x: Tensor,
-    forward: tuple[Tensor, Tensor, Tensor],
-    weights: tuple[Tensor, Tensor | None],
-    wanted: tuple[bool, bool],
-    residual: Tensor,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The gradient into a residual stream x (N, C) through ``LayerNorm(x)`` and straight from
-    above (``residual``), and the LayerNorm's weight and bias gradients where ``wanted``."""
-    d_x, d_weight, d_bias = _aten.native_layer_norm_backward(
-        d_norm, x, x.shape[-1:], forward[1], forward[2], *weights, [True, *wanted]
-    )
-    return d_x.add_(residual), d_weight, d_bias
-
-
 class _Saved(NamedTuple):
     """What one layer's backward reads (N = B * T rows)."""
 
     x: Tensor  # (N, C) the block's input
-    ln_1: tuple[Tensor, Tensor, Tensor]  # output (N, C), mean and 1 / std (N, 1)
+    ln_1: tuple[Tensor, Tensor, Tensor]  # output (N, C), mean and 1 / std (N,)
     qkv: Tensor  # (B, T, 3C)
     stats: Tensor  # (B, H, T, 2)
     y: Tensor  # (N, C) the attention's output
@@ -166,12 +148,12 @@ class _Blocks(torch.autograd.Function):
         h = x.reshape(rows, width).contiguous()
         saved, packed = [], []
         for w in layers:
-            ln_1 = _aten.native_layer_norm(h, (width,), w.ln_1_weight, w.ln_1_bias, eps)
+            ln_1 = native_ops.layer_norm(h, w.ln_1_weight, w.ln_1_bias, eps)
             qkv = _linear(ln_1[0], w.c_attn_weight, w.c_attn_bias).view(batch, steps, 3 * width)
             y, stats = native_ops.attention_forward(qkv, n_head)
             y = y.view(rows, width)
             x_mid = _residual(h, y, w.attn_proj_weight, w.attn_proj_bias)
-            ln_2 = _aten.native_layer_norm(x_mid, (width,), w.ln_2_weight, w.ln_2_bias, eps)
+            ln_2 = native_ops.layer_norm(x_mid, w.ln_2_weight, w.ln_2_bias, eps)
             hidden, slope = native_ops.gelu_with_slope(
                 _linear(ln_2[0], w.c_fc_weight, w.c_fc_bias), keep_slope=True
             )
@@ -207,13 +189,13 @@ class _Blocks(torch.autograd.Function):
             g["c_fc_weight"], g["c_fc_bias"] = _linear_param_grads(
                 d_pre, s.ln_2[0], wants.c_fc_weight, wants.c_fc_bias
             )
-            d_mid, g["ln_2_weight"], g["ln_2_bias"] = _layer_norm_backward(
+            d_mid, g["ln_2_weight"], g["ln_2_bias"] = native_ops.layer_norm_backward(
                 torch.mm(d_pre, w.c_fc_weight),
                 s.x_mid,
                 s.ln_2,
-                (w.ln_2_weight, w.ln_2_bias),
+                w.ln_2_weight,
+                dh,
                 (wants.ln_2_weight, wants.ln_2_bias),
-                residual=dh,
             )
             # Attention: x_mid = x + attention(ln_1 W_attn^T + b_attn) W_o^T + b_o
             g["attn_proj_weight"], g["attn_proj_bias"] = _linear_param_grads(
@@ -225,13 +207,13 @@ class _Blocks(torch.autograd.Function):
             g["c_attn_weight"], g["c_attn_bias"] = _linear_param_grads(
                 d_qkv, s.ln_1[0], wants.c_attn_weight, wants.c_attn_bias
             )
-            dh, g["ln_1_weight"], g["ln_1_bias"] = _layer_norm_backward(
+            dh, g["ln_1_weight"], g["ln_1_bias"] = native_ops.layer_norm_backward(
                 torch.mm(d_qkv, w.c_attn_weight),
                 s.x,
                 s.ln_1,
-                (w.ln_1_weight, w.ln_1_bias),
+                w.ln_1_weight,
+                d_mid,
                 (wants.ln_1_weight, wants.ln_1_bias),
-                residual=d_mid,
             )
             grads[index * FIELDS : (index + 1) * FIELDS] = [
                 g[name] for name in LayerWeights._fields

@@ -54,6 +54,10 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_causal_attention.restype = ctypes.c_int
     library.rnn2gpt_causal_attention_backward.argtypes = [ptr] * 4 + [i64] * 5
     library.rnn2gpt_causal_attention_backward.restype = ctypes.c_int
+    library.rnn2gpt_layer_norm.argtypes = [ptr] * 6 + [i64, i64, ctypes.c_double, i64]
+    library.rnn2gpt_layer_norm.restype = None
+    library.rnn2gpt_layer_norm_backward.argtypes = [ptr] * 9 + [i64] * 3
+    library.rnn2gpt_layer_norm_backward.restype = ctypes.c_int
     library.rnn2gpt_squared_norm.argtypes = [ptr, ptr, i64, i64]
     library.rnn2gpt_squared_norm.restype = ctypes.c_double
     f64 = ctypes.c_double
@@ -155,6 +159,67 @@ def attention_backward(qkv: Tensor, stats: Tensor, dy: Tensor, n_head: int) -> T
         )
     )
     return dqkv
+
+
+def _pointer(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x (N, C) contiguous -> (LayerNorm(x) (N, C), each row's mean (N,) and 1 / std (N,)),
+    what :func:`layer_norm_backward` reads; ``weight`` and ``bias`` (C,) may be None."""
+    rows, width = x.shape
+    y = torch.empty_like(x)
+    mean, rstd = x.new_empty(rows), x.new_empty(rows)
+    _library().rnn2gpt_layer_norm(
+        x.data_ptr(),
+        _pointer(weight),
+        _pointer(bias),
+        y.data_ptr(),
+        mean.data_ptr(),
+        rstd.data_ptr(),
+        rows,
+        width,
+        eps,
+        torch.get_num_threads(),
+    )
+    return y, mean, rstd
+
+
+def layer_norm_backward(
+    d_y: Tensor,
+    x: Tensor,
+    forward: tuple[Tensor, Tensor, Tensor],
+    weight: Tensor | None,
+    residual: Tensor | None,
+    wanted: tuple[bool, bool],
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The gradient of :func:`layer_norm` (``forward`` its result) into x (N, C), plus
+    ``residual`` (N, C; None: nothing) in the same pass, and the weight's and bias's gradients
+    (C,) where ``wanted``; d_y, x and residual contiguous."""
+    rows, width = x.shape
+    d_x = torch.empty_like(x)
+    d_weight = x.new_empty(width) if wanted[0] else None
+    d_bias = x.new_empty(width) if wanted[1] else None
+    _check(
+        _library().rnn2gpt_layer_norm_backward(
+            d_y.data_ptr(),
+            x.data_ptr(),
+            forward[1].data_ptr(),
+            forward[2].data_ptr(),
+            _pointer(weight),
+            _pointer(residual),
+            d_x.data_ptr(),
+            _pointer(d_weight),
+            _pointer(d_bias),
+            rows,
+            width,
+            torch.get_num_threads(),
+        )
+    )
+    return d_x, d_weight, d_bias
 
 
 def _pointers(tensors: list[Tensor]) -> ctypes.Array:
