@@ -167,21 +167,21 @@ def steps_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_rou
 def blocks_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
     """The blocks as one autograd function (models/native_blocks.py) against the GPT's modules
     running the same C kernels, both without biases (as nanoGPT)."""
-    real = native_blocks.applies
+    real = native_blocks.plain_blocks
     chosen = {"blocks": True}
 
-    def applies(*args) -> bool:
-        return chosen["blocks"] and real(*args)
+    def plain_blocks(*args):
+        return real(*args) if chosen["blocks"] else None
 
     modes = {
         mode: functools.partial(chosen.__setitem__, "blocks", mode == "blocks")
         for mode in ("blocks", "modules")
     }
-    native_blocks.applies = applies
+    native_blocks.plain_blocks = plain_blocks
     try:
         times = alternate(training_step(shape, batch, steps, bias=False), modes, rounds, per_round)
     finally:
-        native_blocks.applies = real
+        native_blocks.plain_blocks = real
     ratios = [m / b for b, m in zip(times["blocks"], times["modules"])]
     return {
         "blocks ms/step": round(statistics.median(times["blocks"]), 2),
@@ -232,8 +232,8 @@ def ablation(rounds: int, per_round: int) -> dict[str, float]:
 
     parts = [None, "attention", "AdamW", "GELU", "LayerNorm", "clipping"]
     times: dict[str | None, list[float]] = {part: [] for part in parts}
-    real_applies = native_blocks.applies
-    native_blocks.applies = lambda *args: False  # the parts are replaced in the modules
+    real_plain_blocks = native_blocks.plain_blocks
+    native_blocks.plain_blocks = lambda *args: None  # the parts are replaced in the modules
     try:
         for _ in range(3):
             step()
@@ -247,7 +247,7 @@ def ablation(rounds: int, per_round: int) -> dict[str, float]:
                 times[part].append((time.perf_counter() - start) / per_round * 1e3)
     finally:
         leave_out(None)
-        native_blocks.applies = real_applies
+        native_blocks.plain_blocks = real_plain_blocks
     result = {"whole step ms": round(statistics.median(times[None]), 2)}
     for part in parts[1:]:
         saved = [whole - without for whole, without in zip(times[None], times[part])]

@@ -22,9 +22,9 @@ def block_calls(monkeypatch):
     calls = []
     real = native_blocks.blocks_forward
 
-    def counted(model, x, cache):
+    def counted(model, x, cache, layers):
         calls.append(tuple(x.shape))
-        return real(model, x, cache)
+        return real(model, x, cache, layers)
 
     monkeypatch.setattr(native_blocks, "blocks_forward", counted)
     return calls

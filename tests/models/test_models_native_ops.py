@@ -173,7 +173,7 @@ def test_a_gpt_trains_through_them_with_pytorchs_losses_and_gradients(
 ):
     """A training forward and backward of a GPT whose MLP is wide enough for the C GELU, through
     its modules (the blocks function, tested in test_models_native_blocks.py, is kept out)."""
-    monkeypatch.setattr(native_blocks, "applies", lambda *args: False)
+    monkeypatch.setattr(native_blocks, "plain_blocks", lambda *args: None)
     tokens = torch.randint(0, 13, (2, 40), generator=torch.Generator().manual_seed(0))
 
     def loss_and_grads():

@@ -326,9 +326,10 @@ class GPT(nn.Module):
         )  # (B, T, C)
         x = dropout(self.transformer.drop, x)
         mask, is_causal = cache.attention_mask(steps)
-        if native_blocks.applies(self, x, cache, mask, is_causal, recorder):
+        plain = native_blocks.plain_blocks(self, x, cache, mask, is_causal, recorder)
+        if plain is not None:
             # Training on AVX2: the blocks in one autograd function (models/native_blocks.py).
-            x = native_blocks.blocks_forward(self, x, cache)
+            x = native_blocks.blocks_forward(self, x, cache, plain)
         else:
             for i, block in enumerate(self.transformer.h):
                 x = block(x, cache, i, mask, is_causal, recorder)
