@@ -15,9 +15,9 @@ built) and every parameter and gradient is a dense contiguous float32 CPU tensor
 AdamW options; anything else goes to PyTorch's step (clipping with ``clip_grad_norm_`` first).
 
 It also leaves ``torch._dynamo`` unimported: ``torch.optim.Optimizer`` wraps ``add_param_group``,
-``zero_grad``, ``state_dict`` and ``load_state_dict`` so that their first call imports it
-(1.5-1.8 s of a run's start on these CPUs, for a compiler the run does not use). This class calls
-the same methods without the wrapper; PyTorch's own step still imports it when it runs.
+``zero_grad``, ``state_dict``, ``load_state_dict`` and AdamW's ``step`` so that their first call
+imports it (1.5-1.8 s of a run's start on these CPUs, for a compiler the run does not use). This
+class calls the same methods without the wrappers, on both paths.
 """
 
 from __future__ import annotations
@@ -97,15 +97,26 @@ class NativeAdamW(torch.optim.AdamW):
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None, *, max_grad_norm: float = 0.0):  # type: ignore[override]
         """One update; ``max_grad_norm > 0`` clips the gradients' total norm to it first, as
         ``torch.nn.utils.clip_grad_norm_`` would. Returns the closure's loss, if one is given."""
-        groups = self._native_groups() if closure is None else None
-        if groups is None:
-            if max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(self._params_with_grads(), max_grad_norm)
-            return super().step(closure)
+        if max_grad_norm > 0 and (closure is not None or self.defaults["differentiable"]):
+            nn.utils.clip_grad_norm_(self._params_with_grads(), max_grad_norm)
+            max_grad_norm = 0.0
+        if self.defaults["differentiable"]:
+            return super().step(closure)  # its wrapper sets the grad mode this needs
+        with torch.no_grad():
+            groups = self._native_groups() if closure is None else None
+            if groups is None:
+                if max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self._params_with_grads(), max_grad_norm)
+                # PyTorch's AdamW step without its wrapper, which imports torch._dynamo only to
+                # mark a graph break for the compiler; the no_grad here is the mode it would set.
+                return _unwrapped(torch.optim.AdamW.step)(self, closure)
+            self._native_step(groups, max_grad_norm)
+        return None
+
+    def _native_step(self, groups: list[tuple[dict, list[Tensor]]], max_grad_norm: float) -> None:
         scale = 1.0
         if max_grad_norm > 0:
             grads = [p.grad for _, params in groups for p in params]
@@ -126,7 +137,6 @@ class NativeAdamW(torch.optim.AdamW):
                 weight_decay=group["weight_decay"],
                 grad_scale=scale,
             )
-        return None
 
     def _params_with_grads(self) -> Iterable[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
