@@ -21,6 +21,11 @@ With ``--blocks``, the GPT's blocks as one autograd function (``models/native_bl
 its modules running the same C kernels, whole steps alternating in one process, both shapes
 without biases.
 
+With ``--optimizer``, whole steps (the blocks function, no biases) alternating the project's
+AdamW (``training/native_adamw.py``: clipping and update as two C passes) with PyTorch's
+``clip_grad_norm_`` and fused AdamW; with ``--layernorm``, the blocks function's LayerNorms in C
+(``native_ops.layer_norm``) against ATen's kernels, the residual's gradient added separately.
+
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
 thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
@@ -31,6 +36,7 @@ than the kernels.
     python benchmarks/train_kernels.py [--rounds 20] [--steps 4] [--trainer] [--trainer-steps 1200]
     python benchmarks/train_kernels.py --ablate [--rounds 15]
     python benchmarks/train_kernels.py --blocks [--rounds 20]
+    python benchmarks/train_kernels.py --optimizer|--layernorm [--rounds 20]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -51,6 +57,7 @@ from rnn2gpt.config import ModelConfig
 from rnn2gpt.hardware import cpu_capability, cpu_model
 from rnn2gpt.models import build_model, native_blocks, native_ops
 from rnn2gpt.training.memory import hold_freed_memory
+from rnn2gpt.training.native_adamw import NativeAdamW, clip_and_step
 
 SHAPES = {
     "nanoGPT 4L/4H/128, batch 12 x 64": (dict(n_layer=4, n_head=4, n_embd=128), 12, 64),
@@ -108,15 +115,15 @@ def kernels(shape: dict, batch: int, steps: int) -> dict[str, float]:
     return {name: round(median_us(case)) for name, case in cases.items()}
 
 
-def training_step(shape: dict, batch: int, steps: int, bias: bool = True):
-    """One whole training step of a fresh GPT (forward, backward, clipping, fused AdamW) on a
-    fixed random batch, as a closure."""
+def training_step(shape: dict, batch: int, steps: int, bias: bool = True, optimizer_class=None):
+    """One whole training step of a fresh GPT (forward, backward, clipping, AdamW: the
+    trainer's NativeAdamW, or ``optimizer_class``) on a fixed random batch, as a closure."""
     torch.manual_seed(0)
     config = ModelConfig(
         arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, bias=bias, **shape
     )
     model = build_model(config).train()
-    optimizer = torch.optim.AdamW(
+    optimizer = (optimizer_class or NativeAdamW)(
         model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True
     )
     tokens = torch.randint(0, VOCAB, (batch, steps + 1))
@@ -125,8 +132,7 @@ def training_step(shape: dict, batch: int, steps: int, bias: bool = True):
         logits, _ = model(tokens[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        clip_and_step(optimizer, model.parameters(), 1.0)
         optimizer.zero_grad(set_to_none=True)
 
     return step
@@ -255,6 +261,58 @@ def ablation(rounds: int, per_round: int) -> dict[str, float]:
     return result
 
 
+def optimizer_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """Whole steps of two copies of the GPT (the blocks function, no biases), one trained by
+    NativeAdamW, the other by PyTorch's fused AdamW after ``clip_grad_norm_``, alternating."""
+    ours = training_step(shape, batch, steps, bias=False)
+    theirs = training_step(shape, batch, steps, bias=False, optimizer_class=torch.optim.AdamW)
+    chosen = {"step": ours}
+    modes = {
+        "C": functools.partial(chosen.__setitem__, "step", ours),
+        "PyTorch": functools.partial(chosen.__setitem__, "step", theirs),
+    }
+    times = alternate(lambda: chosen["step"](), modes, rounds, per_round)
+    ratios = [p / c for c, p in zip(times["C"], times["PyTorch"])]
+    return {
+        "C AdamW ms/step": round(statistics.median(times["C"]), 2),
+        "PyTorch AdamW ms/step": round(statistics.median(times["PyTorch"]), 2),
+        "speedup": round(statistics.median(ratios), 3),
+    }
+
+
+def _aten_layer_norm(x, weight, bias, eps):
+    return torch.ops.aten.native_layer_norm(x, (x.shape[1],), weight, bias, eps)
+
+
+def _aten_layer_norm_backward(d_y, x, forward, weight, residual, wanted):
+    d_x, d_weight, d_bias = torch.ops.aten.native_layer_norm_backward(
+        d_y, x, (x.shape[1],), forward[1], forward[2], weight, None, [True, *wanted]
+    )
+    return d_x.add_(residual), d_weight, d_bias
+
+
+def layernorm_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """Whole steps of the blocks function (no biases) with its LayerNorms in C against ATen's
+    kernels (the residual's gradient added after), alternating."""
+    c_kernels = (native_ops.layer_norm, native_ops.layer_norm_backward)
+    aten = (_aten_layer_norm, _aten_layer_norm_backward)
+
+    def use(pair) -> None:
+        native_ops.layer_norm, native_ops.layer_norm_backward = pair
+
+    modes = {"C": functools.partial(use, c_kernels), "ATen": functools.partial(use, aten)}
+    try:
+        times = alternate(training_step(shape, batch, steps, bias=False), modes, rounds, per_round)
+    finally:
+        use(c_kernels)
+    ratios = [a / c for c, a in zip(times["C"], times["ATen"])]
+    return {
+        "C LayerNorm ms/step": round(statistics.median(times["C"]), 2),
+        "ATen LayerNorm ms/step": round(statistics.median(times["ATen"]), 2),
+        "speedup": round(statistics.median(ratios), 3),
+    }
+
+
 def trainer_side_by_side(steps: int) -> dict[str, float]:
     import tempfile
     import threading
@@ -319,6 +377,8 @@ def main() -> None:
     parser.add_argument(
         "--blocks", action="store_true", help="the blocks function against the modules, instead"
     )
+    parser.add_argument("--optimizer", action="store_true", help="C AdamW against PyTorch's")
+    parser.add_argument("--layernorm", action="store_true", help="C LayerNorm against ATen's")
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
@@ -328,11 +388,17 @@ def main() -> None:
     if args.ablate:
         print(json.dumps(ablation(args.rounds, args.steps)))
         return
-    if args.blocks:
-        for name, (shape, batch, steps) in SHAPES.items():
-            row = blocks_side_by_side(shape, batch, steps, args.rounds, args.steps)
-            print(json.dumps({"shape": name, **row}))
-        return
+    chosen = {
+        "blocks": blocks_side_by_side,
+        "optimizer": optimizer_side_by_side,
+        "layernorm": layernorm_side_by_side,
+    }
+    for flag, comparison in chosen.items():
+        if getattr(args, flag):
+            for name, (shape, batch, steps) in SHAPES.items():
+                row = comparison(shape, batch, steps, args.rounds, args.steps)
+                print(json.dumps({"shape": name, **row}))
+            return
     for name, (shape, batch, steps) in SHAPES.items():
         row = {"shape": name, **kernels(shape, batch, steps)}
         row.update(steps_side_by_side(shape, batch, steps, args.rounds, args.steps))
