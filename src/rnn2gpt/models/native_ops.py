@@ -1,4 +1,6 @@
-"""The exact GELU and a GPT's causal attention as autograd functions computed in C, on AVX2.
+"""The exact GELU and a GPT's causal attention as autograd functions computed in C, on AVX2, and
+the other C training kernels: LayerNorm for the blocks function, AdamW's update and the
+gradients' norm for :mod:`rnn2gpt.training.native_adamw`.
 
 Why: in fp32 training on a CPU without fast bf16 the matrix products are PyTorch's best, and what
 is left of the step is the small operations around them. Measured on an AMD EPYC (AVX2 only) for
@@ -90,7 +92,8 @@ def training_path() -> str:
     if reason is None:
         return (
             "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
-            "the blocks as one autograd function where nothing needs the modules"
+            "the blocks as one autograd function with C LayerNorms where nothing needs the "
+            "modules, AdamW's step and clipping in C"
         )
     return f"PyTorch's GELU and attention kernels ({reason})"
 

@@ -4,7 +4,10 @@
  * - rnn2gpt_gpt_step: a decoding forward of a GPT over a few new tokens per row
  *   (models/native_step.py), described here;
  * - rnn2gpt_gelu, rnn2gpt_causal_attention(_backward): the exact GELU and a GPT's causal
- *   attention, forward and backward, for training (models/native_ops.py; see "training kernels").
+ *   attention, forward and backward, for training (models/native_ops.py; see "training kernels");
+ * - rnn2gpt_layer_norm(_backward): LayerNorm for the blocks function (models/native_blocks.py);
+ * - rnn2gpt_squared_norm, rnn2gpt_adamw: AdamW's step with gradient clipping
+ *   (training/native_adamw.py).
  *
  * The step is the arithmetic of rnn2gpt.models.decode_plan.planned_forward (a decode step, or a
  * speculative check of a few drafted tokens) in evaluation mode (dropout is the identity),
