@@ -1139,9 +1139,45 @@ static int64_t block_place(const Blocks *b, int64_t block, int64_t *begin, int64
     return low;
 }
 
-static int64_t block_parts(const Blocks *b, int64_t threads) {
+/* task(context, tensor, block, begin, end) for every block of b: its tensor and its elements
+ * [begin, end) there; the blocks shared over up to ``threads`` OpenMP threads. */
+typedef void (*BlockTask)(const void *context, int64_t tensor, int64_t block, int64_t begin, int64_t end);
+
+static void for_each_block(const Blocks *b, int64_t threads, BlockTask task, const void *context) {
     int64_t parts = threads < b->blocks ? threads : b->blocks;
-    return parts < 1 ? 1 : parts;
+    parts = parts < 1 ? 1 : parts;
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t first, last;
+        share(b->blocks, part, parts, &first, &last);
+        for (int64_t block = first; block < last; block++) {
+            int64_t begin, end, tensor = block_place(b, block, &begin, &end);
+            task(context, tensor, block, begin, end);
+        }
+    }
+}
+
+typedef struct {
+    const float *const *tensors;
+    double *sums; /* one per block */
+} NormTask;
+
+static void norm_block(const void *context, int64_t tensor, int64_t block, int64_t begin, int64_t end) {
+    const NormTask *t = context;
+    const float *x = t->tensors[tensor];
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t j = begin;
+    for (; j + 32 <= end; j += 32) {
+        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+        __m256 x2 = _mm256_loadu_ps(x + j + 16), x3 = _mm256_loadu_ps(x + j + 24);
+        a0 = _mm256_fmadd_ps(x0, x0, a0);
+        a1 = _mm256_fmadd_ps(x1, x1, a1);
+        a2 = _mm256_fmadd_ps(x2, x2, a2);
+        a3 = _mm256_fmadd_ps(x3, x3, a3);
+    }
+    double sum = sum_lanes(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; j < end; j++) sum += (double)x[j] * x[j];
+    t->sums[block] = sum;
 }
 
 /* sum over i < count and j < sizes[i] of tensors[i][j]^2, or -1 if out of memory. */
@@ -1154,34 +1190,54 @@ double rnn2gpt_squared_norm(const float *const *tensors, const int64_t *sizes, i
         free(b.first_block);
         return -1.0;
     }
-    int64_t parts = block_parts(&b, threads);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-    for (int64_t part = 0; part < parts; part++) {
-        int64_t first, last;
-        share(b.blocks, part, parts, &first, &last);
-        for (int64_t block = first; block < last; block++) {
-            int64_t begin, end, i = block_place(&b, block, &begin, &end);
-            const float *x = tensors[i];
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int64_t j = begin;
-            for (; j + 32 <= end; j += 32) {
-                __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-                __m256 x2 = _mm256_loadu_ps(x + j + 16), x3 = _mm256_loadu_ps(x + j + 24);
-                a0 = _mm256_fmadd_ps(x0, x0, a0);
-                a1 = _mm256_fmadd_ps(x1, x1, a1);
-                a2 = _mm256_fmadd_ps(x2, x2, a2);
-                a3 = _mm256_fmadd_ps(x3, x3, a3);
-            }
-            double sum = sum_lanes(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for (; j < end; j++) sum += (double)x[j] * x[j];
-            sums[block] = sum;
-        }
-    }
+    NormTask task = {tensors, sums};
+    for_each_block(&b, threads, norm_block, &task);
     double total = 0.0;
     for (int64_t block = 0; block < b.blocks; block++) total += sums[block];
     free(sums);
     free(b.first_block);
     return total;
+}
+
+typedef struct {
+    float *const *params, *const *exp_avgs, *const *exp_avg_sqs;
+    const float *const *grads;
+    const float *step_sizes, *root_corrections; /* per tensor */
+    float decay, scale, keep1, beta2, keep2, eps;
+} AdamTask;
+
+static void adamw_block(const void *context, int64_t i, int64_t block, int64_t begin, int64_t end) {
+    const AdamTask *t = context;
+    (void)block;
+    float *p = t->params[i], *m = t->exp_avgs[i], *v = t->exp_avg_sqs[i];
+    const float *g = t->grads[i];
+    const __m256 decay8 = _mm256_set1_ps(t->decay), scale8 = _mm256_set1_ps(t->scale);
+    const __m256 keep1_8 = _mm256_set1_ps(t->keep1), b2_8 = _mm256_set1_ps(t->beta2);
+    const __m256 keep2_8 = _mm256_set1_ps(t->keep2), eps8 = _mm256_set1_ps(t->eps);
+    const __m256 step8 = _mm256_set1_ps(t->step_sizes[i]), root8 = _mm256_set1_ps(t->root_corrections[i]);
+    int64_t j = begin;
+    for (; j + 8 <= end; j += 8) {
+        __m256 gj = _mm256_mul_ps(_mm256_loadu_ps(g + j), scale8);
+        __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(p + j), decay8);
+        __m256 mj = _mm256_loadu_ps(m + j);
+        mj = _mm256_fmadd_ps(keep1_8, _mm256_sub_ps(gj, mj), mj);
+        __m256 vj = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + j), b2_8),
+                                  _mm256_mul_ps(keep2_8, _mm256_mul_ps(gj, gj)));
+        __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vj), root8), eps8);
+        pj = _mm256_sub_ps(pj, _mm256_mul_ps(step8, _mm256_div_ps(mj, denom)));
+        _mm256_storeu_ps(m + j, mj);
+        _mm256_storeu_ps(v + j, vj);
+        _mm256_storeu_ps(p + j, pj);
+    }
+    for (; j < end; j++) {
+        float gj = g[j] * t->scale, pj = p[j] * t->decay, mj = m[j];
+        mj = fmaf(t->keep1, gj - mj, mj);
+        float vj = v[j] * t->beta2 + t->keep2 * (gj * gj);
+        float denom = sqrtf(vj) / t->root_corrections[i] + t->eps;
+        p[j] = pj - t->step_sizes[i] * (mj / denom);
+        m[j] = mj;
+        v[j] = vj;
+    }
 }
 
 /* One AdamW step (decoupled weight decay, PyTorch's AdamW and its fused kernel's arithmetic) of
@@ -1207,47 +1263,12 @@ int rnn2gpt_adamw(float *const *params, const float *const *grads, float *const 
         step_sizes[i] = (float)(lr / (1.0 - pow(beta1, t)));
         root_corrections[i] = (float)sqrt(1.0 - pow(beta2, t));
     }
-    const float decay = (float)(1.0 - lr * weight_decay), scale = (float)grad_scale;
-    const float keep1 = (float)(1.0 - beta1), b2 = (float)beta2, keep2 = (float)(1.0 - beta2);
-    const float epsilon = (float)eps;
-    int64_t parts = block_parts(&b, threads);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-    for (int64_t part = 0; part < parts; part++) {
-        int64_t first, last;
-        share(b.blocks, part, parts, &first, &last);
-        for (int64_t block = first; block < last; block++) {
-            int64_t begin, end, i = block_place(&b, block, &begin, &end);
-            float *p = params[i], *m = exp_avgs[i], *v = exp_avg_sqs[i];
-            const float *g = grads[i];
-            const __m256 decay8 = _mm256_set1_ps(decay), scale8 = _mm256_set1_ps(scale);
-            const __m256 keep1_8 = _mm256_set1_ps(keep1), b2_8 = _mm256_set1_ps(b2);
-            const __m256 keep2_8 = _mm256_set1_ps(keep2), eps8 = _mm256_set1_ps(epsilon);
-            const __m256 step8 = _mm256_set1_ps(step_sizes[i]), root8 = _mm256_set1_ps(root_corrections[i]);
-            int64_t j = begin;
-            for (; j + 8 <= end; j += 8) {
-                __m256 gj = _mm256_mul_ps(_mm256_loadu_ps(g + j), scale8);
-                __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(p + j), decay8);
-                __m256 mj = _mm256_loadu_ps(m + j);
-                mj = _mm256_fmadd_ps(keep1_8, _mm256_sub_ps(gj, mj), mj);
-                __m256 vj = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + j), b2_8),
-                                          _mm256_mul_ps(keep2_8, _mm256_mul_ps(gj, gj)));
-                __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vj), root8), eps8);
-                pj = _mm256_sub_ps(pj, _mm256_mul_ps(step8, _mm256_div_ps(mj, denom)));
-                _mm256_storeu_ps(m + j, mj);
-                _mm256_storeu_ps(v + j, vj);
-                _mm256_storeu_ps(p + j, pj);
-            }
-            for (; j < end; j++) {
-                float gj = g[j] * scale, pj = p[j] * decay, mj = m[j];
-                mj = fmaf(keep1, gj - mj, mj);
-                float vj = v[j] * b2 + keep2 * (gj * gj);
-                float denom = sqrtf(vj) / root_corrections[i] + epsilon;
-                p[j] = pj - step_sizes[i] * (mj / denom);
-                m[j] = mj;
-                v[j] = vj;
-            }
-        }
-    }
+    AdamTask task = {
+        params, exp_avgs, exp_avg_sqs, grads, step_sizes, root_corrections,
+        (float)(1.0 - lr * weight_decay), (float)grad_scale, (float)(1.0 - beta1), (float)beta2,
+        (float)(1.0 - beta2), (float)eps,
+    };
+    for_each_block(&b, threads, adamw_block, &task);
     free(step_sizes);
     free(b.first_block);
     return 0;
