@@ -109,6 +109,12 @@ def test_what_the_c_step_does_not_cover_goes_to_pytorch(c_kernels, c_calls, chan
     assert_same(ours, theirs)
 
 
+def test_a_closure_clips_its_own_gradients():
+    optimizer = NativeAdamW(groups(parameters()), lr=1e-2)
+    with pytest.raises(ValueError, match="inside the closure"):
+        optimizer.step(lambda: 1.0, max_grad_norm=1.0)
+
+
 def test_the_c_step_has_the_same_bits_on_one_thread_and_two(c_kernels):
     threads = torch.get_num_threads()
     try:

@@ -99,8 +99,15 @@ class NativeAdamW(torch.optim.AdamW):
 
     def step(self, closure: Callable[[], float] | None = None, *, max_grad_norm: float = 0.0):  # type: ignore[override]
         """One update; ``max_grad_norm > 0`` clips the gradients' total norm to it first, as
-        ``torch.nn.utils.clip_grad_norm_`` would. Returns the closure's loss, if one is given."""
-        if max_grad_norm > 0 and (closure is not None or self.defaults["differentiable"]):
+        ``torch.nn.utils.clip_grad_norm_`` would. Returns the closure's loss, if one is given.
+
+        Raises:
+            ValueError: a closure together with ``max_grad_norm`` (the closure computes the
+                gradients, so it is where they can be clipped).
+        """
+        if max_grad_norm > 0 and closure is not None:
+            raise ValueError("clip the gradients inside the closure, not with max_grad_norm")
+        if max_grad_norm > 0 and self.defaults["differentiable"]:
             nn.utils.clip_grad_norm_(self._params_with_grads(), max_grad_norm)
             max_grad_norm = 0.0
         if self.defaults["differentiable"]:
