@@ -25,7 +25,7 @@ from rnn2gpt.config import RunConfig
 from rnn2gpt.errors import CheckpointError
 from rnn2gpt.models import build_model
 from rnn2gpt.tokenizers import CharTokenizer
-from rnn2gpt.training.optim import build_optimizer
+from rnn2gpt.training.optim import build_optimizer, param_groups
 
 TEXT = "hello world, the cat sat on the mat.\n"
 
@@ -265,6 +265,23 @@ def test_optimizer_of_another_kind_is_refused(tmp_path):
     )
     with pytest.raises(CheckpointError, match="AdamW state but the run uses SGD"):
         load_checkpoint(tmp_path / "ck").load_optimizer_state(sgd)
+
+
+def test_the_projects_adamw_and_pytorchs_share_checkpoints(tmp_path):
+    """build_optimizer's NativeAdamW writes "AdamW" state (as release 0.1.0's checkpoints hold),
+    and PyTorch's class resumes from it."""
+    model, tokenizer, config = _setup()
+    optimizer = build_optimizer(model, config.train)
+    assert type(optimizer) is not torch.optim.AdamW  # the subclass, not PyTorch's own
+    _one_step(model, optimizer, tokenizer.vocab_size)
+    save_checkpoint(
+        tmp_path / "ck", model=model, tokenizer=tokenizer, config=config, optimizer=optimizer
+    )
+    meta = ckpt_mod.read_metadata(tmp_path / "ck" / "optimizer.safetensors")
+    assert meta["optimizer"] == "AdamW"
+    theirs = torch.optim.AdamW(param_groups(model, config.train.weight_decay), lr=config.train.lr)
+    load_checkpoint(tmp_path / "ck").load_optimizer_state(theirs)
+    assert theirs.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
 
 
 def test_no_optimizer_file(saved):

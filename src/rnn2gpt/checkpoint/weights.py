@@ -104,6 +104,16 @@ def load_model_weights(model: nn.Module, file: Path, device: torch.device | str 
     model.load_state_dict(full, strict=not has_lora(model))
 
 
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """The algorithm's name as PyTorch calls it ("AdamW", "SGD"): that of the first PyTorch class
+    among the optimizer's classes, so that a subclass (rnn2gpt's NativeAdamW) writes and reads
+    the same state as PyTorch's own."""
+    for cls in type(optimizer).__mro__:
+        if cls.__module__.startswith("torch.optim"):
+            return cls.__name__
+    return type(optimizer).__name__
+
+
 def save_optimizer_state(optimizer: torch.optim.Optimizer, file: Path) -> None:
     """Tensors of ``optimizer.state_dict()['state']`` as ``state.<index>.<key>``; the rest JSON."""
     state_dict = optimizer.state_dict()
@@ -116,7 +126,7 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, file: Path) -> None:
             else:
                 extra.setdefault(str(index), {})[key] = value
     metadata = {
-        "optimizer": type(optimizer).__name__,
+        "optimizer": optimizer_kind(optimizer),
         "param_groups": json.dumps(state_dict["param_groups"], default=json_default),
         "state_extra": json.dumps(extra, default=json_default),
     }
@@ -141,9 +151,9 @@ def load_optimizer_state(
     tensors = load_tensors(file, "cpu")
     meta = read_metadata(file)
     kind = meta.get("optimizer")
-    if kind != type(optimizer).__name__:
+    if kind != optimizer_kind(optimizer):
         raise CheckpointError(
-            f"{file} holds {kind} state but the run uses {type(optimizer).__name__}; keep "
+            f"{file} holds {kind} state but the run uses {optimizer_kind(optimizer)}; keep "
             "train.optimizer as it was, or start a new run"
         )
     try:
