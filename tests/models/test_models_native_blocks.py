@@ -123,6 +123,7 @@ CASES = {
     "an adapted layer": _adapted,
     "bf16": lambda model: model.to(torch.bfloat16),
     "fast paths off": None,
+    "no BLAS sgemm found": None,
 }
 
 
@@ -135,6 +136,8 @@ def test_where_they_do_not_apply_the_modules_run(
     model = make_model(n_embd=32, n_head=4, block_size=32, **settings).train()
     if case == "fast paths off":
         monkeypatch.setenv("RNN2GPT_FASTPATHS", "off")
+    if case == "no BLAS sgemm found":
+        monkeypatch.setattr(native_blocks.native_ops, "_blas_sgemm", lambda: None)
     grad_mode = torch.is_grad_enabled()
     try:
         if callable(change):

@@ -6,25 +6,28 @@
 Why: the module path dispatches about 1,260 ATen operations for a training step of the nanoGPT-size
 GPT (views, transposes, reshapes, autograd nodes and their bookkeeping). A step of the same graph
 at width 16, where the arithmetic is nothing, took 4.9 ms against 56 ms at width 128 (AMD EPYC,
-AVX2 only; ``benchmarks/RESULTS.md``). Here the blocks are written out once, forward and
-backward: each layer is eight matrix products forward and eight backward (MKL, through
-``torch.mm``/``torch.addmm`` with the residual adds folded into ``addmm``), and the C
-attention, GELU and LayerNorm of :mod:`rnn2gpt.models.native_ops` (the LayerNorm's backward adds
-the residual stream's gradient in its pass), and autograd sees one node for the whole stack.
+AVX2 only; ``benchmarks/RESULTS.md``). Here each block is one C call forward and one backward
+(``rnn2gpt_block_forward``/``_backward`` in ``kernels/avx2.c``): eight matrix products each way
+through the BLAS ``sgemm`` that ``torch.mm`` calls (MKL in PyTorch's x86 builds), with the
+residual adds folded into the products, and the C LayerNorm, attention and GELU of
+:mod:`rnn2gpt.models.native_ops` (the LayerNorm's backward adds the residual stream's gradient in
+its pass). Autograd sees one node for the whole stack. Written in Python over ``torch.mm``, the
+same blocks made about 30 PyTorch calls a layer forward and 40 backward; the C calls measured
+1.047x faster a nanoGPT-size step.
 
 The numbers are the modules' within float rounding: the same arithmetic, the residual and bias
 adds in another order (``tests/models/test_models_native_blocks.py``). Only the products that a
-gradient needs run: a frozen weight's gradient is not computed. The activations are kept on the
-function's context, not with ``save_for_backward``, so that each layer's go as soon as the
-backward has read them (as autograd frees the modules' node by node); the price is autograd's
-check that nothing changed them in place between the forward and the backward.
+gradient needs run: a frozen weight's gradient is not computed. Each block's activations live in
+one buffer of the function's (:data:`SAVED`), freed as soon as the backward has read it (as
+autograd frees the modules' node by node); autograd's check that nothing changed a saved tensor
+in place does not cover them (nothing outside the function sees them but the cache's views).
 
 Where: :meth:`rnn2gpt.models.gpt.GPT.forward` takes it when :func:`plain_blocks` returns the
 layers: gradients on, a fresh
 sequence without mask, recorder or dropout, the exact GELU, plain ``nn.Linear``/``nn.LayerNorm``
-layers without hooks (LoRA and the int8 layers keep the modules), and the C kernels usable
-(:func:`rnn2gpt.models.native_ops.usable`: float32, AVX2, fast paths on, outside autocast and
-``torch.compile``). The cache of that forward holds the keys and values as views of each layer's
+layers with contiguous parameters and without hooks (LoRA and the int8 layers keep the modules),
+and the C kernels usable (:func:`rnn2gpt.models.native_ops.blocks_usable`: float32, AVX2, fast
+paths on, outside autocast and ``torch.compile``, PyTorch's ``sgemm`` found). The cache of that forward holds the keys and values as views of each layer's
 packed projection, as the module path's does.
 """
 
@@ -96,6 +99,12 @@ def _plain(layers: _Layers) -> bool:
             for norm in (layers.ln_1, layers.ln_2)
         )
         and layers.act.approximate == "none"
+        # The C blocks read each parameter as a dense row-major array.
+        and all(
+            p is None or p.is_contiguous()
+            for layer in layers[:6]
+            for p in layer._parameters.values()
+        )
     )
 
 
@@ -114,7 +123,7 @@ def plain_blocks(
     layers = [_layers(block) for block in model.transformer.h]
     if not all(_plain(block) for block in layers) or has_hooks(model, backward=True):
         return None
-    return layers if native_ops.usable(x, layers[0].c_attn._parameters["weight"]) else None
+    return layers if native_ops.blocks_usable(x, layers[0].c_attn._parameters["weight"]) else None
 
 
 def layer_weights(layers: _Layers) -> LayerWeights:
@@ -122,121 +131,113 @@ def layer_weights(layers: _Layers) -> LayerWeights:
     return LayerWeights(*(p.get(name) for p in params for name in ("weight", "bias")))
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x (N, in) -> (N, out)."""
-    return torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+# What a block's forward keeps for its backward, in the order of the C struct BlockSaved: name
+# and size in floats for N = B T rows, C width, F inner width, H heads.
+SAVED = (
+    ("x", "NC"),  # the block's input
+    ("ln_1", "NC"),
+    ("ln_1_mean", "N"),
+    ("ln_1_rstd", "N"),
+    ("qkv", "3NC"),  # the packed projection (B, T, 3C), which the KV cache reads too
+    ("stats", "2NH"),  # each query's softmax maximum and 1 / sum (B, H, T, 2)
+    ("y", "NC"),  # the attention's output
+    ("x_mid", "NC"),  # after the attention's residual
+    ("ln_2", "NC"),
+    ("ln_2_mean", "N"),
+    ("ln_2_rstd", "N"),
+    ("hidden", "NF"),  # GELU(c_fc(ln_2))
+    ("slope", "NF"),  # GELU'(c_fc(ln_2))
+)
+_ALIGN = 16  # floats: each buffer starts on a 64-byte line
+_QKV = [name for name, _ in SAVED].index("qkv")
 
 
-def _residual(x: Tensor, branch: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x + branch W^T (+ b): the residual add is the product's accumulation (addmm's beta)."""
-    out = torch.addmm(x, branch, weight.t())
-    return out if bias is None else out.add_(bias)
+class _Layout(NamedTuple):
+    """Where each of :data:`SAVED` lies in a block's one buffer (offsets in floats)."""
+
+    offsets: tuple[int, ...]
+    total: int
+    scratch: int  # floats the backward's scratch holds: N (F + 6C)
+
+    @staticmethod
+    def of(rows: int, width: int, inner: int, heads: int) -> _Layout:
+        sizes = {"N": rows, "NC": rows * width, "3NC": 3 * rows * width}
+        sizes |= {"2NH": 2 * rows * heads, "NF": rows * inner}
+        offsets, total = [], 0
+        for _, size in SAVED:
+            offsets.append(total)
+            total += -(-sizes[size] // _ALIGN) * _ALIGN
+        return _Layout(tuple(offsets), total, rows * (inner + 6 * width))
+
+    def addresses(self, buffer: Tensor) -> list[int]:
+        base = buffer.data_ptr()
+        return [base + 4 * offset for offset in self.offsets]
 
 
-def _linear_param_grads(
-    d_out: Tensor, x: Tensor, want_weight: bool, want_bias: bool
-) -> tuple[Tensor | None, Tensor | None]:
-    """A linear layer's weight gradient d_out^T x (out, in) and bias gradient (out,), each only
-    where wanted; d_out (N, out), x (N, in)."""
-    d_weight = torch.mm(d_out.t(), x) if want_weight else None
-    return d_weight, (d_out.sum(0) if want_bias else None)
-
-
-class _Saved(NamedTuple):
-    """What one layer's backward reads (N = B * T rows)."""
-
-    x: Tensor  # (N, C) the block's input
-    ln_1: tuple[Tensor, Tensor, Tensor]  # output (N, C), mean and 1 / std (N,)
-    qkv: Tensor  # (B, T, 3C)
-    stats: Tensor  # (B, H, T, 2)
-    y: Tensor  # (N, C) the attention's output
-    x_mid: Tensor  # (N, C) after the attention's residual
-    ln_2: tuple[Tensor, Tensor, Tensor]
-    hidden: Tensor  # (N, F) GELU(c_fc(ln_2))
-    slope: Tensor  # (N, F) GELU'(c_fc(ln_2))
+def _addresses(tensors) -> list[int | None]:
+    return [None if t is None else t.data_ptr() for t in tensors]
 
 
 class _Blocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, n_head: int, eps: float, *flat: Tensor | None):  # type: ignore[override]
         batch, steps, width = x.shape
-        rows = batch * steps
         layers = [LayerWeights(*flat[i : i + FIELDS]) for i in range(0, len(flat), FIELDS)]
-        h = x.reshape(rows, width).contiguous()
-        saved, packed = [], []
-        for w in layers:
-            ln_1 = native_ops.layer_norm(h, w.ln_1_weight, w.ln_1_bias, eps)
-            qkv = _linear(ln_1[0], w.c_attn_weight, w.c_attn_bias).view(batch, steps, 3 * width)
-            y, stats = native_ops.attention_forward(qkv, n_head)
-            y = y.view(rows, width)
-            x_mid = _residual(h, y, w.attn_proj_weight, w.attn_proj_bias)
-            ln_2 = native_ops.layer_norm(x_mid, w.ln_2_weight, w.ln_2_bias, eps)
-            hidden, slope = native_ops.gelu_with_slope(
-                _linear(ln_2[0], w.c_fc_weight, w.c_fc_bias), keep_slope=True
-            )
-            saved.append(_Saved(h, ln_1, qkv, stats, y, x_mid, ln_2, hidden, slope))
-            packed.append(qkv)
-            h = _residual(x_mid, hidden, w.mlp_proj_weight, w.mlp_proj_bias)
-        ctx.saved, ctx.layers, ctx.n_head, ctx.eps = saved, layers, n_head, eps
+        inner = layers[0].c_fc_weight.shape[0]
+        shape = native_ops.BlockShape(
+            batch, steps, width, inner, n_head, torch.get_num_threads(), eps
+        )
+        layout = _Layout.of(batch * steps, width, inner, n_head)
+        x = x.contiguous()
+        # One buffer per block, so that each block's activations go as soon as the backward has
+        # read them (as autograd frees the modules' nodes one by one).
+        buffers = [x.new_empty(layout.total) for _ in layers]
+        out = x.new_empty(batch, steps, width)
+        saved = [layout.addresses(buffer) for buffer in buffers]
+        saved[0][0] = x.data_ptr()  # the first block reads its input where it is
+        for index, weights in enumerate(layers):
+            # Each block writes its output into the next block's input.
+            target = saved[index + 1][0] if index + 1 < len(layers) else out.data_ptr()
+            native_ops.block_forward(_addresses(weights), saved[index], target, shape)
+        qkv_at, qkv_size = layout.offsets[_QKV], 3 * batch * steps * width
+        packed = [b[qkv_at : qkv_at + qkv_size].view(batch, steps, 3 * width) for b in buffers]
+        ctx.saved, ctx.addresses, ctx.input = buffers, saved, x
+        ctx.layers, ctx.shape, ctx.layout = layers, shape, layout
         ctx.mark_non_differentiable(*packed)
         # The packed projections are returned for the cache only: no zero gradients for them
         # (four (B, T, 3C) fills a step, 0.2-0.5 ms at the nanoGPT size).
         ctx.set_materialize_grads(False)
-        return (h.view(batch, steps, width), *packed)
+        return (out, *packed)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out: Tensor, *unused: None):  # type: ignore[override]
         # Called only with d_out: the other outputs are not differentiable.
-        batch, steps, width = d_out.shape
-        rows = batch * steps
         needs = ctx.needs_input_grad[3:]
         grads: list[Tensor | None] = [None] * len(needs)
-        dh = d_out.reshape(rows, width).contiguous()
+        d_out = d_out.contiguous()
+        scratch = d_out.new_empty(ctx.layout.scratch)
         for index in reversed(range(len(ctx.layers))):
-            w, s = ctx.layers[index], ctx.saved[index]
-            ctx.saved[index] = None  # each layer's activations go once read, as autograd's would
-            wants = LayerWeights(*needs[index * FIELDS : (index + 1) * FIELDS])
-            g = dict.fromkeys(LayerWeights._fields)
-            # MLP: x_out = x_mid + GELU(ln_2 W_fc^T + b_fc) W_proj^T + b_proj
-            g["mlp_proj_weight"], g["mlp_proj_bias"] = _linear_param_grads(
-                dh, s.hidden, wants.mlp_proj_weight, wants.mlp_proj_bias
-            )
-            d_pre = torch.mm(dh, w.mlp_proj_weight).mul_(s.slope)  # (N, F) through the GELU
-            g["c_fc_weight"], g["c_fc_bias"] = _linear_param_grads(
-                d_pre, s.ln_2[0], wants.c_fc_weight, wants.c_fc_bias
-            )
-            d_mid, g["ln_2_weight"], g["ln_2_bias"] = native_ops.layer_norm_backward(
-                torch.mm(d_pre, w.c_fc_weight),
-                s.x_mid,
-                s.ln_2,
-                w.ln_2_weight,
-                dh,
-                (wants.ln_2_weight, wants.ln_2_bias),
-            )
-            # Attention: x_mid = x + attention(ln_1 W_attn^T + b_attn) W_o^T + b_o
-            g["attn_proj_weight"], g["attn_proj_bias"] = _linear_param_grads(
-                d_mid, s.y, wants.attn_proj_weight, wants.attn_proj_bias
-            )
-            d_y = torch.mm(d_mid, w.attn_proj_weight).view(batch, steps, width)
-            d_qkv = native_ops.attention_backward(s.qkv, s.stats, d_y, ctx.n_head)
-            d_qkv = d_qkv.view(rows, 3 * width)
-            g["c_attn_weight"], g["c_attn_bias"] = _linear_param_grads(
-                d_qkv, s.ln_1[0], wants.c_attn_weight, wants.c_attn_bias
-            )
-            dh, g["ln_1_weight"], g["ln_1_bias"] = native_ops.layer_norm_backward(
-                torch.mm(d_qkv, w.c_attn_weight),
-                s.x,
-                s.ln_1,
-                w.ln_1_weight,
-                d_mid,
-                (wants.ln_1_weight, wants.ln_1_bias),
-            )
-            grads[index * FIELDS : (index + 1) * FIELDS] = [
-                g[name] for name in LayerWeights._fields
+            weights = ctx.layers[index]
+            wanted = needs[index * FIELDS : (index + 1) * FIELDS]
+            layer_grads = [
+                torch.empty_like(w) if want else None for w, want in zip(weights, wanted)
             ]
-        ctx.saved = ctx.layers = None  # the activations go now, not when the graph does
-        return (dh.view(batch, steps, width), None, None, *grads)
+            d_x = torch.empty_like(d_out)
+            native_ops.block_backward(
+                _addresses(weights),
+                ctx.addresses[index],
+                _addresses(layer_grads),
+                d_out.data_ptr(),
+                d_x.data_ptr(),
+                scratch.data_ptr(),
+                ctx.shape,
+            )
+            ctx.saved[index] = None  # each block's activations go once read, as autograd's would
+            grads[index * FIELDS : (index + 1) * FIELDS] = layer_grads
+            d_out = d_x
+        ctx.saved = ctx.layers = ctx.input = None  # the activations go now, not when the graph does
+        return (d_out, None, None, *grads)
 
 
 def blocks_forward(model: nn.Module, x: Tensor, cache: KVCache, layers: list[_Layers]) -> Tensor:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -65,7 +66,90 @@ def _library() -> ctypes.CDLL | None:
     f64 = ctypes.c_double
     library.rnn2gpt_adamw.argtypes = [ptr] * 6 + [i64] + [f64] * 6 + [i64]
     library.rnn2gpt_adamw.restype = ctypes.c_int
+    library.rnn2gpt_set_sgemm.argtypes = [ptr]
+    library.rnn2gpt_set_sgemm.restype = None
+    library.rnn2gpt_block_forward.argtypes = [ptr] * 4
+    library.rnn2gpt_block_forward.restype = ctypes.c_int
+    library.rnn2gpt_block_backward.argtypes = [ptr] * 7
+    library.rnn2gpt_block_backward.restype = ctypes.c_int
     return library
+
+
+@functools.cache
+def _blas_sgemm() -> int | None:
+    """The address of the BLAS ``sgemm_`` that ``torch.mm`` calls on float32 CPU tensors (MKL's,
+    in PyTorch's x86 Linux builds), handed to the C blocks once; None where PyTorch's library
+    does not export one (then the blocks run as modules)."""
+    library = _library()
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if library is None or not path.exists():
+        return None
+    try:
+        function = ctypes.CDLL(str(path)).sgemm_  # the loaded library: dlopen shares it
+    except (OSError, AttributeError):
+        return None
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    library.rnn2gpt_set_sgemm(address)
+    return address
+
+
+def blocks_usable(*tensors: Tensor) -> bool:
+    """:func:`usable`, and the BLAS products the C blocks call found (:func:`block_forward`)."""
+    return usable(*tensors) and _blas_sgemm() is not None
+
+
+class BlockShape(ctypes.Structure):
+    """A GPT block's sizes for :func:`block_forward` and :func:`block_backward`."""
+
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("steps", ctypes.c_int64),
+        ("width", ctypes.c_int64),
+        ("inner", ctypes.c_int64),
+        ("heads", ctypes.c_int64),
+        ("threads", ctypes.c_int64),
+        ("eps", ctypes.c_double),
+    ]
+
+
+def _addresses(values: list[int | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(values))(*values)
+
+
+def block_forward(weights: list[int | None], saved: list[int], out: int, shape: BlockShape) -> None:
+    """One GPT block's forward in C (``kernels/avx2.c``, ``rnn2gpt_block_forward``): addresses
+    of its 12 parameters (``native_blocks.LayerWeights`` order, None for a missing bias), of its
+    13 saved buffers (``native_blocks.SAVED`` order; the first, its input, is read and the rest
+    written) and of its (N, C) output."""
+    _check(
+        _library().rnn2gpt_block_forward(
+            _addresses(weights), _addresses(saved), out, ctypes.byref(shape)
+        )
+    )
+
+
+def block_backward(
+    weights: list[int | None],
+    saved: list[int],
+    grads: list[int | None],
+    d_out: int,
+    d_x: int,
+    scratch: int,
+    shape: BlockShape,
+) -> None:
+    """Its backward: the gradient at the block's output (N, C) -> at its input (N, C), and the
+    parameters' gradients at ``grads`` (None: not wanted); scratch holds N (F + 6C) floats."""
+    _check(
+        _library().rnn2gpt_block_backward(
+            _addresses(weights),
+            _addresses(saved),
+            _addresses(grads),
+            d_out,
+            d_x,
+            scratch,
+            ctypes.byref(shape),
+        )
+    )
 
 
 def unavailable_reason() -> str | None:
@@ -90,10 +174,14 @@ def training_path() -> str:
     """What computes a GPT's GELU and causal attention in fp32 training here, and why."""
     reason = unavailable_reason()
     if reason is None:
+        blocks = (
+            "a C call per block (PyTorch's sgemm for the products)"
+            if _blas_sgemm() is not None
+            else "the blocks as modules (PyTorch's library exports no sgemm)"
+        )
         return (
             "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
-            "the blocks as one autograd function with C LayerNorms where nothing needs the "
-            "modules, AdamW's step and clipping in C"
+            f"{blocks} where nothing needs the modules, AdamW's step and clipping in C"
         )
     return f"PyTorch's GELU and attention kernels ({reason})"
 
@@ -323,8 +411,12 @@ def causal_attention(qkv: Tensor, n_head: int) -> Tensor:
 
 
 __all__ = [
+    "BlockShape",
     "attention_backward",
     "attention_forward",
+    "block_backward",
+    "block_forward",
+    "blocks_usable",
     "causal_attention",
     "gelu",
     "gelu_with_slope",
