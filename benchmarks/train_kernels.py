@@ -23,8 +23,9 @@ without biases.
 
 With ``--optimizer``, whole steps (the blocks function, no biases) alternating the project's
 AdamW (``training/native_adamw.py``: clipping and update as two C passes) with PyTorch's
-``clip_grad_norm_`` and fused AdamW; with ``--layernorm``, the blocks function's LayerNorms in C
-(``native_ops.layer_norm``) against ATen's kernels, the residual's gradient added separately.
+``clip_grad_norm_`` and fused AdamW. (The blocks are C calls since the seventh part of issue 14 in
+``benchmarks/RESULTS.md``; their LayerNorms can no longer be swapped for ATen's, and the
+``--layernorm`` comparison of the sixth part is gone with the Python blocks.)
 
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
@@ -36,7 +37,7 @@ than the kernels.
     python benchmarks/train_kernels.py [--rounds 20] [--steps 4] [--trainer] [--trainer-steps 1200]
     python benchmarks/train_kernels.py --ablate [--rounds 15]
     python benchmarks/train_kernels.py --blocks [--rounds 20]
-    python benchmarks/train_kernels.py --optimizer|--layernorm [--rounds 20]
+    python benchmarks/train_kernels.py --optimizer [--rounds 20]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -280,39 +281,6 @@ def optimizer_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per
     }
 
 
-def _aten_layer_norm(x, weight, bias, eps):
-    return torch.ops.aten.native_layer_norm(x, (x.shape[1],), weight, bias, eps)
-
-
-def _aten_layer_norm_backward(d_y, x, forward, weight, residual, wanted):
-    d_x, d_weight, d_bias = torch.ops.aten.native_layer_norm_backward(
-        d_y, x, (x.shape[1],), forward[1], forward[2], weight, None, [True, *wanted]
-    )
-    return d_x.add_(residual), d_weight, d_bias
-
-
-def layernorm_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
-    """Whole steps of the blocks function (no biases) with its LayerNorms in C against ATen's
-    kernels (the residual's gradient added after), alternating."""
-    c_kernels = (native_ops.layer_norm, native_ops.layer_norm_backward)
-    aten = (_aten_layer_norm, _aten_layer_norm_backward)
-
-    def use(pair) -> None:
-        native_ops.layer_norm, native_ops.layer_norm_backward = pair
-
-    modes = {"C": functools.partial(use, c_kernels), "ATen": functools.partial(use, aten)}
-    try:
-        times = alternate(training_step(shape, batch, steps, bias=False), modes, rounds, per_round)
-    finally:
-        use(c_kernels)
-    ratios = [a / c for c, a in zip(times["C"], times["ATen"])]
-    return {
-        "C LayerNorm ms/step": round(statistics.median(times["C"]), 2),
-        "ATen LayerNorm ms/step": round(statistics.median(times["ATen"]), 2),
-        "speedup": round(statistics.median(ratios), 3),
-    }
-
-
 def trainer_side_by_side(steps: int) -> dict[str, float]:
     import tempfile
     import threading
@@ -378,7 +346,6 @@ def main() -> None:
         "--blocks", action="store_true", help="the blocks function against the modules, instead"
     )
     parser.add_argument("--optimizer", action="store_true", help="C AdamW against PyTorch's")
-    parser.add_argument("--layernorm", action="store_true", help="C LayerNorm against ATen's")
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
@@ -391,7 +358,6 @@ def main() -> None:
     chosen = {
         "blocks": blocks_side_by_side,
         "optimizer": optimizer_side_by_side,
-        "layernorm": layernorm_side_by_side,
     }
     for flag, comparison in chosen.items():
         if getattr(args, flag):
