@@ -224,6 +224,13 @@ static void run_parts(Task task, const void *context, int64_t parts) {
             _mm_pause();
 }
 
+/* How many parts a kernel splits ``units`` of work into: one per thread, at most one per unit,
+ * at least one. */
+static int64_t parts_for(int64_t units, int64_t threads) {
+    const int64_t parts = units < threads ? units : threads;
+    return parts < 1 ? 1 : parts;
+}
+
 /* Units [begin, end) of part ``part`` when ``units`` are shared by ``parts`` evenly. */
 static void share(int64_t units, int64_t part, int64_t parts, int64_t *begin, int64_t *end) {
     *begin = units * part / parts;
@@ -711,8 +718,7 @@ static void gelu_part(const void *context, int64_t part, int64_t parts) {
 void rnn2gpt_gelu(const float *x, float *y, float *slope, int64_t n, int64_t threads) {
     GeluTask task = {x, y, slope, n};
     /* Parts of at least 16k elements: a smaller one costs more to hand over than to compute. */
-    int64_t parts = n / 16384 < threads ? n / 16384 : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(n / 16384, threads);
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t part = 0; part < parts; part++) gelu_part(&task, part, parts);
 }
@@ -1306,8 +1312,7 @@ static inline float row_sum(const float *x, int64_t n) {
 void rnn2gpt_layer_norm(const float *x, const float *weight, const float *bias, float *y,
                         float *mean, float *rstd, int64_t rows, int64_t width, double eps,
                         int64_t threads) {
-    int64_t parts = rows / NORM_ROWS < threads ? rows / NORM_ROWS : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(rows / NORM_ROWS, threads);
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t part = 0; part < parts; part++) {
         int64_t begin, end;
@@ -1358,8 +1363,7 @@ int rnn2gpt_layer_norm_backward(const float *dy, const float *x, const float *me
                                 float *dx, float *d_weight, float *d_bias, int64_t rows,
                                 int64_t width, int64_t threads) {
     const int64_t chunks = (rows + NORM_ROWS - 1) / NORM_ROWS;
-    int64_t parts = chunks < threads ? chunks : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(chunks, threads);
     /* Per chunk: its rows' sums of dy xhat and of dy (width each); per part: a row of xhat and g. */
     const int64_t padded = padded8(width);
     float *scratch = malloc(sizeof(float) * (size_t)(2 * chunks * padded + 2 * parts * padded));
@@ -1470,8 +1474,7 @@ static void product(char ta, char tb, int64_t m, int64_t n, int64_t k, const flo
  * the accumulator a product with beta = 1 then adds into. */
 static void rows_plus_bias(const float *x, const float *bias, float *y, int64_t rows, int64_t n,
                            int64_t threads) {
-    int64_t parts = rows / NORM_ROWS < threads ? rows / NORM_ROWS : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(rows / NORM_ROWS, threads);
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t part = 0; part < parts; part++) {
         int64_t begin, end;
@@ -1502,8 +1505,7 @@ static void linear_forward(const float *x, int64_t rows, int64_t in, const float
  * any thread count); the columns are split over threads in whole vectors. */
 static void column_sums(const float *d_y, int64_t rows, int64_t n, float *d_bias, int64_t threads) {
     const int64_t vectors = (n + 7) / 8;
-    int64_t parts = vectors < threads ? vectors : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(vectors, threads);
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t part = 0; part < parts; part++) {
         int64_t begin, end;
@@ -1524,8 +1526,7 @@ static void linear_param_grads(const float *d_y, const float *x, int64_t rows, i
 
 /* y (n) *= factor (n), split over threads: the gradient through the GELU, dy times its slope. */
 static void multiply(float *y, const float *factor, int64_t n, int64_t threads) {
-    int64_t parts = n / 16384 < threads ? n / 16384 : threads;
-    parts = parts < 1 ? 1 : parts;
+    const int64_t parts = parts_for(n / 16384, threads);
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t part = 0; part < parts; part++) {
         int64_t begin, end;
