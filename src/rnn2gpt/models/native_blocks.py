@@ -23,12 +23,12 @@ autograd frees the modules' node by node); autograd's check that nothing changed
 in place does not cover them (nothing outside the function sees them but the cache's views).
 
 Where: :meth:`rnn2gpt.models.gpt.GPT.forward` takes it when :func:`plain_blocks` returns the
-layers: gradients on, a fresh
-sequence without mask, recorder or dropout, the exact GELU, plain ``nn.Linear``/``nn.LayerNorm``
-layers with contiguous parameters and without hooks (LoRA and the int8 layers keep the modules),
-and the C kernels usable (:func:`rnn2gpt.models.native_ops.blocks_usable`: float32, AVX2, fast
-paths on, outside autocast and ``torch.compile``, PyTorch's ``sgemm`` found). The cache of that forward holds the keys and values as views of each layer's
-packed projection, as the module path's does.
+layers: gradients on, a fresh sequence without mask, recorder or dropout, the exact GELU, plain
+``nn.Linear``/``nn.LayerNorm`` layers with contiguous parameters and without hooks (LoRA and the
+int8 layers keep the modules), and the C kernels usable
+(:func:`rnn2gpt.models.native_ops.blocks_usable`: float32, AVX2, fast paths on, outside autocast
+and ``torch.compile``, PyTorch's ``sgemm`` found). The cache of that forward holds the keys and
+values as views of each layer's packed projection, as the module path's does.
 """
 
 from __future__ import annotations
