@@ -156,6 +156,48 @@ def test_the_thread_count_does_not_change_a_bit(c_kernels):
             assert torch.equal(a, b)
 
 
+def matrices(m: int, k: int, n: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """a (m, k) and b (k, n), each row-major or the transpose of a row-major matrix."""
+    a = torch.randn(k, m).t() if layout.startswith("a^T") else torch.randn(m, k)
+    b = torch.randn(n, k).t() if layout.endswith("b^T") else torch.randn(k, n)
+    return a, b
+
+
+# (m, k, n): sizes off the 6 x 16 tiles take the edge tiles; k 600 two blocks of 256 rows and a
+# rest; columns over rows splits the threads by columns.
+@pytest.mark.parametrize(
+    "m, k, n", [(1, 1, 1), (7, 5, 3), (13, 600, 17), (64, 128, 48), (5, 9, 70)]
+)
+@pytest.mark.parametrize("layout", ["a b", "a b^T", "a^T b", "a^T b^T"])
+def test_our_matrix_product_equals_pytorchs(c_kernels, m, k, n, layout):
+    torch.manual_seed(0)
+    a, b = matrices(m, k, n, layout)
+    start = torch.randn(m, n)
+    written = native_ops.own_product(a, b, torch.full((m, n), float("nan")))
+    added = native_ops.own_product(a, b, start.clone(), accumulate=True)
+    torch.testing.assert_close(written, a @ b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(added, start + a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_our_product_gives_the_same_bits_on_any_thread_count(c_kernels):
+    torch.manual_seed(0)
+    shapes = [(90, 40, 20, "a b^T"), (12, 300, 100, "a^T b")]  # split by rows; by columns
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            torch.manual_seed(0)
+            results.append(
+                [native_ops.own_product(*matrices(*s), torch.empty(s[0], s[2])) for s in shapes]
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 def _counting(monkeypatch, name):
     calls = []
     real = getattr(native_ops, name)

@@ -7,8 +7,9 @@ Why: the module path dispatches about 1,260 ATen operations for a training step 
 GPT (views, transposes, reshapes, autograd nodes and their bookkeeping). A step of the same graph
 at width 16, where the arithmetic is nothing, took 4.9 ms against 56 ms at width 128 (AMD EPYC,
 AVX2 only; ``benchmarks/RESULTS.md``). Here each block is one C call forward and one backward
-(``rnn2gpt_block_forward``/``_backward`` in ``kernels/avx2.c``): eight matrix products each way
-through the BLAS ``sgemm`` that ``torch.mm`` calls (MKL in PyTorch's x86 builds), with the
+(``rnn2gpt_block_forward``/``_backward`` in ``kernels/avx2.c``): eight matrix products each way,
+each shape by the faster of an AVX2 product of ours and the BLAS ``sgemm`` that ``torch.mm``
+calls (MKL in PyTorch's x86 builds), timed on the shape's first calls in the step, with the
 residual adds folded into the products, and the C LayerNorm, attention and GELU of
 :mod:`rnn2gpt.models.native_ops` (the LayerNorm's backward adds the residual stream's gradient in
 its pass). Autograd sees one node for the whole stack. Written in Python over ``torch.mm``, the
@@ -27,7 +28,7 @@ layers: gradients on, a fresh sequence without mask, recorder or dropout, the ex
 ``nn.Linear``/``nn.LayerNorm`` layers with contiguous parameters and without hooks (LoRA and the
 int8 layers keep the modules), and the C kernels usable
 (:func:`rnn2gpt.models.native_ops.blocks_usable`: float32, AVX2, fast paths on, outside autocast
-and ``torch.compile``, PyTorch's ``sgemm`` found). The cache of that forward holds the keys and
+and ``torch.compile``; without PyTorch's ``sgemm`` ours run). The cache of that forward holds the keys and
 values as views of each layer's packed projection, as the module path's does.
 """
 

@@ -72,14 +72,21 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_block_forward.restype = ctypes.c_int
     library.rnn2gpt_block_backward.argtypes = [ptr] * 7
     library.rnn2gpt_block_backward.restype = ctypes.c_int
+    char = ctypes.c_char
+    library.rnn2gpt_own_product.argtypes = [char, char] + [i64] * 3 + [ptr, i64, ptr, i64]
+    library.rnn2gpt_own_product.argtypes += [ctypes.c_float, ptr, i64, i64]
+    library.rnn2gpt_own_product.restype = ctypes.c_int
+    library.rnn2gpt_product_choices.argtypes = [ptr, ptr]
+    library.rnn2gpt_product_choices.restype = None
     return library
 
 
 @functools.cache
 def _blas_sgemm() -> int | None:
     """The address of the BLAS ``sgemm_`` that ``torch.mm`` calls on float32 CPU tensors (MKL's,
-    in PyTorch's x86 Linux builds), handed to the C blocks once; None where PyTorch's library
-    does not export one (then the blocks run as modules)."""
+    in PyTorch's x86 Linux builds), handed to the C blocks once: each product shape then runs
+    the faster of it and ours. None where PyTorch's library does not export one (then ours
+    always run)."""
     library = _library()
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     if library is None or not path.exists():
@@ -94,8 +101,42 @@ def _blas_sgemm() -> int | None:
 
 
 def blocks_usable(*tensors: Tensor) -> bool:
-    """:func:`usable`, and the BLAS products the C blocks call found (:func:`block_forward`)."""
-    return usable(*tensors) and _blas_sgemm() is not None
+    """:func:`usable` for the C blocks (:func:`block_forward`); hands them the BLAS products to
+    time against ours first."""
+    if not usable(*tensors):
+        return False
+    _blas_sgemm()
+    return True
+
+
+def own_product(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
+    """``out (m, n) = a @ b`` (+ ``out`` when ``accumulate``) by the blocks' own AVX2 product
+    (``rnn2gpt_own_product``), whatever the shape chose. ``a`` (m, k) and ``b`` (k, n) are
+    float32 CPU matrices, each contiguous or the transpose (``.t()``) of a contiguous one; ``out``
+    contiguous. For tests and benchmarks."""
+
+    def layout(x: Tensor) -> tuple[bytes, int]:
+        if x.stride(1) == 1:
+            return b"N", x.stride(0)
+        if x.stride(0) == 1:
+            return b"T", x.stride(1)
+        raise ValueError("own_product takes row-major matrices or their transposes")
+
+    (m, k), n = a.shape, b.shape[1]
+    (ta, lda), (tb, ldb) = layout(a), layout(b)
+    status = _library().rnn2gpt_own_product(
+        ta, tb, m, n, k, a.data_ptr(), lda, b.data_ptr(), ldb, float(accumulate),
+        out.data_ptr(), n, torch.get_num_threads(),
+    )  # fmt: skip
+    _check(status)
+    return out
+
+
+def product_choices() -> tuple[int, int]:
+    """(product shapes that have chosen, how many of them run ours) in this process so far."""
+    decided, ours = ctypes.c_int64(), ctypes.c_int64()
+    _library().rnn2gpt_product_choices(ctypes.byref(decided), ctypes.byref(ours))
+    return decided.value, ours.value
 
 
 class BlockShape(ctypes.Structure):
@@ -175,9 +216,9 @@ def training_path() -> str:
     reason = unavailable_reason()
     if reason is None:
         blocks = (
-            "a C call per block (PyTorch's sgemm for the products)"
+            "a C call per block (each product shape timed: ours or PyTorch's sgemm)"
             if _blas_sgemm() is not None
-            else "the blocks as modules (PyTorch's library exports no sgemm)"
+            else "a C call per block (our products: PyTorch's library exports no sgemm)"
         )
         return (
             "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
