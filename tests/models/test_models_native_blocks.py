@@ -80,6 +80,22 @@ def test_the_blocks_give_the_modules_losses_and_gradients(
         torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_each_product_shape_chooses_after_its_trials(make_model, products, block_calls):
+    """Each of a layer's 12 product shapes (4 forward, 4 input and 4 weight gradients) times both
+    products on its first 2 x 25 calls, then keeps one; without the BLAS, ours run untimed."""
+    native_ops = native_blocks.native_ops
+    model = make_model(n_embd=40, n_head=5, block_size=32, n_layer=2).train()  # shapes of its own
+    before = native_ops.product_choices()
+    for _ in range(26):  # two layers: 52 calls of each shape
+        loss_and_grads(model, TOKENS[:, :20])
+    decided, ours = (now - then for now, then in zip(native_ops.product_choices(), before))
+    assert len(block_calls) == 26
+    if products == "ours only":
+        assert (decided, ours) == (0, 0)
+    else:
+        assert decided == 12 and 0 <= ours <= 12
+
+
 def test_a_frozen_weight_gets_no_gradient(make_model, c_kernels, block_calls):
     model = make_model(n_embd=32, n_head=4, block_size=32).train()
     frozen = [model.transformer.h[0].mlp.c_fc.weight, model.transformer.h[1].ln_1.bias]

@@ -50,9 +50,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* An (out, in) weight as a layer holds it. kind: ROWS, float32 (out, in) contiguous as nn.Linear
  * and nn.Embedding keep it; TRANSPOSED, the float32 (in, out) buffer that use_inference_layout
@@ -1447,27 +1444,28 @@ int rnn2gpt_layer_norm_backward(const float *dy, const float *x, const float *me
  *
  * - ours: 6 x 16 tiles of c in twelve AVX2 registers, each the sum over k of a column of op(a)
  *   (six broadcasts) times a row of op(b) (two vectors). op(b) is copied into 16-column panels
- *   (k-major, so a tile reads 64 contiguous bytes per k) in blocks of PRODUCT_KC rows, the threads
- *   sharing the copying; a row-major op(a) is read in place, a transposed one is copied into
- *   6-row panels (read in place it took a cache line per k for 24 useful bytes). The threads split
- *   c's rows, or its columns when it has fewer tiles down than panels across.
+ *   (k-major, so a tile reads 64 contiguous bytes per k) of PRODUCT_KC rows, each just before
+ *   its tiles read it; a row-major op(a) is read in place, a transposed one copied into 6-row
+ *   panels (read in place, it took a cache line per k for 24 useful bytes).
  * - the BLAS sgemm that torch.mm calls (MKL's in PyTorch's x86 builds), when rnn2gpt_set_sgemm
  *   gave one.
  *
- * Measured on an AMD EPYC (Zen 3, AVX2, 2 threads), a nanoGPT-size layer's products with
- * distinct operands per layer: ours 1.17-1.19x MKL's on the forward's shapes (c = x w^T),
- * 1.09-1.11x on the input gradients' (c = d_y w), 0.97x on the weight gradients' (c = d_y^T x).
- * Which is faster depends on the machine and the shape, so each shape's first calls alternate
- * the two, timed (PRODUCT_SAMPLES of each), and from then on the one with the lower median runs
- * (ours only if PRODUCT_MARGIN faster: a close call stays with the BLAS). Medians, because a
- * call in a training step is now and then several times slower than the rest (the host, an
- * interrupt); a sum of 8 calls each let that pick ours for 1 to 10 of the 12 shapes of the same
- * run. */
+ * Measured on an AMD EPYC (Zen 3, AVX2, 2 threads), the twelve product shapes of a nanoGPT-size
+ * layer, with distinct operands for each of four layers, alternating (medians of 25 rounds):
+ * ours 1.07-1.20x MKL's on the forward's shapes (c = x w^T), 1.05-1.21x on the input
+ * gradients' (c = d_y w), 1.02-1.06x on the weight gradients' (c = d_y^T x). Inside a training
+ * step the two came closer (0.95-1.17x, varying from run to run). Which is faster depends on the
+ * machine and the shape, so each shape's first calls alternate the two, timed (PRODUCT_SAMPLES
+ * of each), and from then on the one with the lower median runs (ours only if PRODUCT_MARGIN
+ * faster: a close call stays with the BLAS). Medians, because a call in a training step is now
+ * and then several times slower than the rest; with sums of 8 calls each, the same run chose
+ * ours for 1 to 10 of its 12 shapes. The choice can differ between runs, and with it the last
+ * bits of the results. */
 
 #define PRODUCT_MR 6
 #define PRODUCT_NR 16
-#define PRODUCT_KC 256    /* op(b) rows per panel block: a 16-column panel is 16 KB, half of L1 */
-#define PRODUCT_SAMPLES 16 /* timed calls of each product per shape */
+#define PRODUCT_KC 256 /* op(b) rows per panel block: a 16-column panel is 16 KB, half of L1 */
+#define PRODUCT_SAMPLES 24 /* timed calls of each product per shape */
 #define PRODUCT_MARGIN 0.97
 #define PRODUCT_SHAPES 64
 
@@ -1544,7 +1542,11 @@ static void pack_rows(const float *a, int64_t lda, int64_t m, int64_t t0, int64_
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * PRODUCT_MR, rows = m - i0 < PRODUCT_MR ? m - i0 : PRODUCT_MR;
         float *o = out + (t - t0) * PRODUCT_MR * kc;
-        for (int64_t k = 0; k < kc; k++, o += PRODUCT_MR) {
+        int64_t k = 0;
+        if (i0 + 8 <= m) /* 8 floats at a time: each store's last two the next one overwrites */
+            for (; k + 1 < kc; k++, o += PRODUCT_MR)
+                _mm256_storeu_ps(o, _mm256_loadu_ps(a + (p0 + k) * lda + i0));
+        for (; k < kc; k++, o += PRODUCT_MR) {
             const float *column = a + (p0 + k) * lda + i0;
             for (int64_t i = 0; i < PRODUCT_MR; i++) o[i] = i < rows ? column[i] : 0.0f;
         }
@@ -1555,8 +1557,8 @@ static void pack_rows(const float *a, int64_t lda, int64_t m, int64_t t0, int64_
  * threads are PyTorch's OpenMP team and the caller's, which live as long as the process); NULL
  * if out of memory. */
 static float *thread_buffer(int which, int64_t floats) {
-    static __thread float *buffers[2];
-    static __thread int64_t sizes[2];
+    static __thread float *buffers[3];
+    static __thread int64_t sizes[3];
     if (floats > sizes[which]) {
         free(buffers[which]);
         const int64_t rounded = (floats + 15) / 16 * 16;
@@ -1566,12 +1568,14 @@ static float *thread_buffer(int which, int64_t floats) {
     return buffers[which];
 }
 
-/* One thread's tiles [t0, t1) x panels [q0, q1) of c for op(b)'s rows [p0, p0 + kc), from
- * panels (packed op(b)). Returns -1 if out of memory. */
-static int product_part(char ta, int64_t m, int64_t n, int64_t p0, int64_t kc, const float *a,
-                        int64_t lda, const float *panels, int add, float *c, int64_t ldc,
-                        int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
+/* One thread's tiles [t0, t1) x panels [q0, q1) of c for op(b)'s rows [p0, p0 + kc): each panel
+ * is packed just before its tiles read it, so it is still in L1. Returns -1 if out of memory. */
+static int product_part(char ta, char tb, int64_t m, int64_t n, int64_t p0, int64_t kc,
+                        const float *a, int64_t lda, const float *b, int64_t ldb, int add,
+                        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
     float spill[PRODUCT_MR * PRODUCT_NR] __attribute__((aligned(32)));
+    float *panel = thread_buffer(0, PRODUCT_NR * kc);
+    if (!panel) return -1;
     const float *source = a + p0; /* row-major op(a): row i at a + i lda, read in place */
     int64_t k_stride = 1;
     if (ta == 'T') {
@@ -1582,7 +1586,7 @@ static int product_part(char ta, int64_t m, int64_t n, int64_t p0, int64_t kc, c
     }
     for (int64_t q = q0; q < q1; q++) {
         const int64_t j0 = q * PRODUCT_NR, cols = n - j0 < PRODUCT_NR ? n - j0 : PRODUCT_NR;
-        const float *panel = panels + q * PRODUCT_NR * kc;
+        pack_panel(tb, b, ldb, p0, kc, j0, n, panel);
         for (int64_t t = t0; t < t1; t++) {
             const int64_t i0 = t * PRODUCT_MR, rows = m - i0 < PRODUCT_MR ? m - i0 : PRODUCT_MR;
             int64_t off[PRODUCT_MR];
@@ -1603,8 +1607,11 @@ static int product_part(char ta, int64_t m, int64_t n, int64_t p0, int64_t kc, c
     return 0;
 }
 
-/* Ours (see the section's comment), split over ``threads`` OpenMP threads. Returns 0, or -1 if
- * out of memory. */
+/* Ours (see the section's comment), split over ``threads`` OpenMP threads: by rows of tiles, or
+ * by panels when c has fewer tiles down than panels across. Each thread packs the panels it
+ * reads (both pack every panel when the rows are split: measured, that costs less than sharing
+ * one packed copy, which is written out to L3 and read back, behind a barrier). Returns 0, or -1
+ * if out of memory. */
 int rnn2gpt_own_product(char ta, char tb, int64_t m, int64_t n, int64_t k, const float *a,
                         int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                         int64_t ldc, int64_t threads) {
@@ -1618,30 +1625,17 @@ int rnn2gpt_own_product(char ta, char tb, int64_t m, int64_t n, int64_t k, const
     const int64_t panels = (n + PRODUCT_NR - 1) / PRODUCT_NR;
     const int split_rows = tiles >= panels;
     const int64_t parts = parts_for(split_rows ? tiles : panels, threads);
-    float *packed = thread_buffer(0, panels * PRODUCT_NR * (k < PRODUCT_KC ? k : PRODUCT_KC));
-    if (!packed) return -1;
     _Atomic int failed = 0;
-#pragma omp parallel num_threads(parts)
-    {
-#ifdef _OPENMP
-        const int64_t part = omp_get_thread_num(), count = omp_get_num_threads();
-#else
-        const int64_t part = 0, count = 1;
-#endif
-        int64_t u0, u1, packs_begin, packs_end;
-        share(split_rows ? tiles : panels, part, count, &u0, &u1);
-        share(panels, part, count, &packs_begin, &packs_end);
-        for (int64_t p0 = 0; p0 < k; p0 += PRODUCT_KC) {
-            const int64_t kc = k - p0 < PRODUCT_KC ? k - p0 : PRODUCT_KC;
-            for (int64_t q = packs_begin; q < packs_end; q++)
-                pack_panel(tb, b, ldb, p0, kc, q * PRODUCT_NR, n, packed + q * PRODUCT_NR * kc);
-#pragma omp barrier
-            if (product_part(ta, m, n, p0, kc, a, lda, packed, p0 > 0 || beta != 0.0f, c, ldc,
-                             split_rows ? u0 : 0, split_rows ? u1 : tiles,
-                             split_rows ? 0 : u0, split_rows ? panels : u1))
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t u0, u1;
+        share(split_rows ? tiles : panels, part, parts, &u0, &u1);
+        for (int64_t p0 = 0; p0 < k && !failed; p0 += PRODUCT_KC)
+            if (product_part(ta, tb, m, n, p0, k - p0 < PRODUCT_KC ? k - p0 : PRODUCT_KC, a, lda,
+                             b, ldb, p0 > 0 || beta != 0.0f, c, ldc, split_rows ? u0 : 0,
+                             split_rows ? u1 : tiles, split_rows ? 0 : u0,
+                             split_rows ? panels : u1))
                 failed = 1;
-#pragma omp barrier /* every tile has read the panels before the next rows are packed */
-        }
     }
     return failed ? -1 : 0;
 }
@@ -1713,7 +1707,8 @@ static int product(char ta, char tb, int64_t m, int64_t n, int64_t k, const floa
         return -1;
     if (!ours) blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
     const int64_t spent = nanoseconds() - start, sample = call / 2 - 1;
-    if (sample >= 0 && sample < PRODUCT_SAMPLES) (ours ? shape->ours_ns : shape->blas_ns)[sample] = spent;
+    if (sample >= 0 && sample < PRODUCT_SAMPLES)
+        (ours ? shape->ours_ns : shape->blas_ns)[sample] = spent;
     if (call + 1 == 2 * (PRODUCT_SAMPLES + 1))
         shape->choice = median_ns(shape->ours_ns, PRODUCT_SAMPLES) <
                                 PRODUCT_MARGIN * median_ns(shape->blas_ns, PRODUCT_SAMPLES)
