@@ -27,6 +27,12 @@ AdamW (``training/native_adamw.py``: clipping and update as two C passes) with P
 ``benchmarks/RESULTS.md``; their LayerNorms can no longer be swapped for ATen's, and the
 ``--layernorm`` comparison of the sixth part is gone with the Python blocks.)
 
+With ``--products``, the blocks' matrix products (``kernels/avx2.c``): whole steps (the blocks
+function, no biases) alternating ``native_ops.use_products`` between our AVX2 product, the BLAS
+sgemm ``torch.mm`` calls (MKL) and each shape's timed choice. (Timed one by one from Python, a
+product of ours pays 10-30 us of ctypes and argument handling that ``torch.mm`` does not, a
+tenth of the smaller ones: the products alone were compared from C, see benchmarks/RESULTS.md.)
+
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
 thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
@@ -38,6 +44,7 @@ than the kernels.
     python benchmarks/train_kernels.py --ablate [--rounds 15]
     python benchmarks/train_kernels.py --blocks [--rounds 20]
     python benchmarks/train_kernels.py --optimizer [--rounds 20]
+    python benchmarks/train_kernels.py --products [--rounds 20]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -281,6 +288,28 @@ def optimizer_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per
     }
 
 
+def products_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """Whole steps (the blocks function, no biases) under each choice of the blocks' products."""
+    modes = {
+        which: functools.partial(native_ops.use_products, which) for which in native_ops.PRODUCTS
+    }
+    times = alternate(training_step(shape, batch, steps, bias=False), modes, rounds, per_round)
+    timed, ours, blas = (times[which] for which in native_ops.PRODUCTS)
+    native_ops.use_products(native_ops.PRODUCTS[0])
+    return {
+        "steps ms (ours / PyTorch's / each shape's choice)": [
+            round(statistics.median(t), 2) for t in (ours, blas, timed)
+        ],
+        "step speedup, ours over PyTorch's": round(
+            statistics.median(b / o for o, b in zip(ours, blas, strict=True)), 3
+        ),
+        "step speedup, each shape's choice over PyTorch's": round(
+            statistics.median(b / t for t, b in zip(timed, blas, strict=True)), 3
+        ),
+        "shapes decided, of them ours": native_ops.product_choices(),
+    }
+
+
 def trainer_side_by_side(steps: int) -> dict[str, float]:
     import tempfile
     import threading
@@ -346,6 +375,7 @@ def main() -> None:
         "--blocks", action="store_true", help="the blocks function against the modules, instead"
     )
     parser.add_argument("--optimizer", action="store_true", help="C AdamW against PyTorch's")
+    parser.add_argument("--products", action="store_true", help="our products against MKL's")
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
@@ -358,6 +388,7 @@ def main() -> None:
     chosen = {
         "blocks": blocks_side_by_side,
         "optimizer": optimizer_side_by_side,
+        "products": products_side_by_side,
     }
     for flag, comparison in chosen.items():
         if getattr(args, flag):

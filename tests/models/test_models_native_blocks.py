@@ -48,17 +48,20 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(params=["each shape's faster", "ours only"])
+@pytest.fixture(params=[*native_blocks.native_ops.PRODUCTS, "no sgemm exported"])
 def products(request, c_kernels):
-    """The blocks' matrix products: each shape times ours against the BLAS sgemm PyTorch calls
-    and keeps the faster (the first calls alternate, so both run), or ours alone, as where
-    PyTorch's library exports no sgemm."""
+    """The blocks' matrix products: each shape timing ours against the BLAS sgemm PyTorch calls
+    and keeping the faster (the first calls alternate, so both run), ours, PyTorch's, or ours
+    where PyTorch's library exports no sgemm."""
     native_ops = native_blocks.native_ops
     native_ops.blocks_usable()  # hands the BLAS over
-    if request.param == "ours only":
+    if request.param == "no sgemm exported":
         native_ops._library().rnn2gpt_set_sgemm(None)
+    else:
+        native_ops.use_products(request.param)
     yield request.param
     native_ops._library().rnn2gpt_set_sgemm(native_ops._blas_sgemm())
+    native_ops.use_products(native_ops.PRODUCTS[0])
 
 
 @pytest.mark.parametrize("overrides", CONFIGS.values(), ids=CONFIGS.keys())
@@ -82,18 +85,21 @@ def test_the_blocks_give_the_modules_losses_and_gradients(
 
 def test_each_product_shape_chooses_after_its_trials(make_model, products, block_calls):
     """Each of a layer's 12 product shapes (4 forward, 4 input and 4 weight gradients) times both
-    products on its first 2 x 25 calls, then keeps one; without the BLAS, ours run untimed."""
+    products on its first 2 x 25 calls, then keeps one; a product chosen for all, or no BLAS,
+    times nothing."""
     native_ops = native_blocks.native_ops
-    model = make_model(n_embd=40, n_head=5, block_size=32, n_layer=2).train()  # shapes of its own
-    before = native_ops.product_choices()
-    for _ in range(26):  # two layers: 52 calls of each shape
+    model = make_model(n_embd=40, n_head=5, block_size=32, n_layer=2).train()
+    native_ops.forget_product_choices()
+    for _ in range(24):  # two layers: 48 calls of each shape
         loss_and_grads(model, TOKENS[:, :20])
-    decided, ours = (now - then for now, then in zip(native_ops.product_choices(), before))
-    assert len(block_calls) == 26
-    if products == "ours only":
-        assert (decided, ours) == (0, 0)
-    else:
+    assert native_ops.product_choices() == (0, 0)
+    loss_and_grads(model, TOKENS[:, :20])  # the 50th call of each decides
+    decided, ours = native_ops.product_choices()
+    assert len(block_calls) == 25
+    if products == "each shape's faster":
         assert decided == 12 and 0 <= ours <= 12
+    else:  # nothing timed
+        assert (decided, ours) == (0, 0)
 
 
 def test_a_frozen_weight_gets_no_gradient(make_model, c_kernels, block_calls):

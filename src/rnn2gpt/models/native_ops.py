@@ -76,6 +76,10 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_own_product.argtypes = [char, char] + [i64] * 3 + [ptr, i64, ptr, i64]
     library.rnn2gpt_own_product.argtypes += [ctypes.c_float, ptr, i64, i64]
     library.rnn2gpt_own_product.restype = ctypes.c_int
+    library.rnn2gpt_use_products.argtypes = [ctypes.c_int]
+    library.rnn2gpt_use_products.restype = None
+    library.rnn2gpt_forget_product_choices.argtypes = []
+    library.rnn2gpt_forget_product_choices.restype = None
     library.rnn2gpt_product_choices.argtypes = [ptr, ptr]
     library.rnn2gpt_product_choices.restype = None
     return library
@@ -130,6 +134,21 @@ def own_product(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> 
     )  # fmt: skip
     _check(status)
     return out
+
+
+PRODUCTS = ("each shape's faster", "ours", "PyTorch's sgemm")
+
+
+def use_products(which: str) -> None:
+    """Which matrix products the C blocks run in this process: ``"each shape's faster"`` (the
+    default: each product shape times both on its first calls and keeps the faster), ``"ours"``
+    or ``"PyTorch's sgemm"`` (where PyTorch's library exports one). For benchmarks and tests."""
+    _library().rnn2gpt_use_products(PRODUCTS.index(which))
+
+
+def forget_product_choices() -> None:
+    """Forget every product shape's timings and choice: each times both again (for tests)."""
+    _library().rnn2gpt_forget_product_choices()
 
 
 def product_choices() -> tuple[int, int]:

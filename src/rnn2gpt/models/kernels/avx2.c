@@ -1454,13 +1454,13 @@ int rnn2gpt_layer_norm_backward(const float *dy, const float *x, const float *me
  * layer, with distinct operands for each of four layers, alternating (medians of 25 rounds):
  * ours 1.07-1.20x MKL's on the forward's shapes (c = x w^T), 1.05-1.21x on the input
  * gradients' (c = d_y w), 1.02-1.06x on the weight gradients' (c = d_y^T x). Inside a training
- * step the two came closer (0.95-1.17x, varying from run to run). Which is faster depends on the
- * machine and the shape, so each shape's first calls alternate the two, timed (PRODUCT_SAMPLES
- * of each), and from then on the one with the lower median runs (ours only if PRODUCT_MARGIN
- * faster: a close call stays with the BLAS). Medians, because a call in a training step is now
- * and then several times slower than the rest; with sums of 8 calls each, the same run chose
- * ours for 1 to 10 of its 12 shapes. The choice can differ between runs, and with it the last
- * bits of the results. */
+ * step the two came closer, and a shape's timings there scatter by +-10% from run to run, while
+ * whole steps ran 1.05-1.10x faster on ours (benchmarks/train_kernels.py --products). Which is
+ * faster depends on the machine and the shape, so each shape's first calls alternate the two,
+ * timed (PRODUCT_SAMPLES of each), and from then on ours runs unless the BLAS's median is
+ * PRODUCT_MARGIN lower: a close call is the scatter, and stays with the product that won the
+ * step. Medians, because a call in a training step is now and then several times slower than
+ * the rest. The choice can differ between runs, and with it the last bits of the results. */
 
 #define PRODUCT_MR 6
 #define PRODUCT_NR 16
@@ -1689,12 +1689,23 @@ static int64_t median_ns(int64_t *ns, int64_t n) {
     return n % 2 ? ns[n / 2] : (ns[n / 2 - 1] + ns[n / 2]) / 2;
 }
 
+/* Which products run: 0 each shape's choice (the default), 1 ours, 2 the BLAS's where there is
+ * one (for benchmarks and tests). */
+static _Atomic int products_used;
+
+void rnn2gpt_use_products(int which) { products_used = which; }
+
 /* Row-major c (m, n) = op(a) op(b) + beta c (beta 0 or 1; 'T' for a matrix stored transposed;
  * rows lda, ldb, ldc floats apart), by the product its shape chose. Returns -1 if out of memory. */
 static int product(char ta, char tb, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                    const float *b, int64_t ldb, float beta, float *c, int64_t ldc, int64_t threads) {
-    ProductShape *shape = blas_sgemm ? product_shape(ta, tb, m, n, k) : NULL;
-    if (!blas_sgemm || (shape && shape->choice == 1))
+    const int used = products_used;
+    if (used == 2 && blas_sgemm) {
+        blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+        return 0;
+    }
+    ProductShape *shape = blas_sgemm && used == 0 ? product_shape(ta, tb, m, n, k) : NULL;
+    if (!blas_sgemm || used == 1 || (shape && shape->choice == 1))
         return rnn2gpt_own_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, threads);
     if (!shape || shape->choice == 2) {
         blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
@@ -1710,14 +1721,21 @@ static int product(char ta, char tb, int64_t m, int64_t n, int64_t k, const floa
     if (sample >= 0 && sample < PRODUCT_SAMPLES)
         (ours ? shape->ours_ns : shape->blas_ns)[sample] = spent;
     if (call + 1 == 2 * (PRODUCT_SAMPLES + 1))
-        shape->choice = median_ns(shape->ours_ns, PRODUCT_SAMPLES) <
-                                PRODUCT_MARGIN * median_ns(shape->blas_ns, PRODUCT_SAMPLES)
-                            ? 1
-                            : 2;
+        shape->choice = median_ns(shape->blas_ns, PRODUCT_SAMPLES) <
+                                PRODUCT_MARGIN * median_ns(shape->ours_ns, PRODUCT_SAMPLES)
+                            ? 2
+                            : 1;
     return 0;
 }
 
-/* How many product shapes have chosen, and how many of them run ours (rnn2gpt doctor, tests). */
+/* Forget every shape's timings and choice: each times both products again (for tests). */
+void rnn2gpt_forget_product_choices(void) {
+    pthread_mutex_lock(&products.lock);
+    products.count = 0;
+    pthread_mutex_unlock(&products.lock);
+}
+
+/* How many product shapes have chosen, and how many of them run ours (for tests). */
 void rnn2gpt_product_choices(int64_t *decided, int64_t *ours) {
     pthread_mutex_lock(&products.lock);
     *decided = *ours = 0;
