@@ -29,7 +29,7 @@ AdamW (``training/native_adamw.py``: clipping and update as two C passes) with P
 
 With ``--products``, the blocks' matrix products (``kernels/avx2.c``): whole steps (the blocks
 function, no biases) alternating ``native_ops.use_products`` between our AVX2 product, the BLAS
-sgemm ``torch.mm`` calls (MKL) and each shape's timed choice. (Timed one by one from Python, a
+sgemm ``torch.mm`` calls (MKL) and the timed choice of ``native_blocks``. (Timed one by one from Python, a
 product of ours pays 10-30 us of ctypes and argument handling that ``torch.mm`` does not, a
 tenth of the smaller ones: the products alone were compared from C, see benchmarks/RESULTS.md.)
 
@@ -289,7 +289,9 @@ def optimizer_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per
 
 
 def products_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
-    """Whole steps (the blocks function, no biases) under each choice of the blocks' products."""
+    """Whole steps (the blocks function, no biases) under each choice of the blocks' products:
+    ours, PyTorch's, and timed (the first rounds of that mode run its trial)."""
+    native_blocks.forget_product_choices()
     modes = {
         which: functools.partial(native_ops.use_products, which) for which in native_ops.PRODUCTS
     }
@@ -297,16 +299,16 @@ def products_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_
     timed, ours, blas = (times[which] for which in native_ops.PRODUCTS)
     native_ops.use_products(native_ops.PRODUCTS[0])
     return {
-        "steps ms (ours / PyTorch's / each shape's choice)": [
+        "steps ms (ours / PyTorch's / timed)": [
             round(statistics.median(t), 2) for t in (ours, blas, timed)
         ],
         "step speedup, ours over PyTorch's": round(
             statistics.median(b / o for o, b in zip(ours, blas, strict=True)), 3
         ),
-        "step speedup, each shape's choice over PyTorch's": round(
+        "step speedup, timed over PyTorch's": round(
             statistics.median(b / t for t, b in zip(timed, blas, strict=True)), 3
         ),
-        "shapes decided, of them ours": native_ops.product_choices(),
+        "chosen": list(native_blocks.product_choices().values()),
     }
 
 

@@ -49,19 +49,21 @@ CONFIGS = {
 
 
 @pytest.fixture(params=[*native_blocks.native_ops.PRODUCTS, "no sgemm exported"])
-def products(request, c_kernels):
-    """The blocks' matrix products: each shape timing ours against the BLAS sgemm PyTorch calls
-    and keeping the faster (the first calls alternate, so both run), ours, PyTorch's, or ours
-    where PyTorch's library exports no sgemm."""
+def products(request, c_kernels, monkeypatch):
+    """The blocks' matrix products: timed (the first passes alternate ours and the BLAS sgemm
+    PyTorch calls, so both run), ours, PyTorch's, or ours where PyTorch's library exports no
+    sgemm."""
     native_ops = native_blocks.native_ops
-    native_ops.blocks_usable()  # hands the BLAS over
+    native_blocks.forget_product_choices()
     if request.param == "no sgemm exported":
+        monkeypatch.setattr(native_ops, "blas_found", lambda: False)
         native_ops._library().rnn2gpt_set_sgemm(None)
     else:
         native_ops.use_products(request.param)
     yield request.param
     native_ops._library().rnn2gpt_set_sgemm(native_ops._blas_sgemm())
     native_ops.use_products(native_ops.PRODUCTS[0])
+    native_blocks.forget_product_choices()
 
 
 @pytest.mark.parametrize("overrides", CONFIGS.values(), ids=CONFIGS.keys())
@@ -83,23 +85,22 @@ def test_the_blocks_give_the_modules_losses_and_gradients(
         torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_each_product_shape_chooses_after_its_trials(make_model, products, block_calls):
-    """Each of a layer's 12 product shapes (4 forward, 4 input and 4 weight gradients) times both
-    products on its first 2 x 25 calls, then keeps one; a product chosen for all, or no BLAS,
-    times nothing."""
-    native_ops = native_blocks.native_ops
+def test_a_model_shape_chooses_its_products_after_its_trial(make_model, products, block_calls):
+    """A shape's first 2 x (1 + TRIAL_PASSES) passes alternate ours and PyTorch's products, then
+    one is kept; forced products, or no BLAS, time nothing."""
     model = make_model(n_embd=40, n_head=5, block_size=32, n_layer=2).train()
-    native_ops.forget_product_choices()
-    for _ in range(24):  # two layers: 48 calls of each shape
+    passes = 2 * (1 + native_blocks.TRIAL_PASSES)
+    for _ in range(passes - 1):
         loss_and_grads(model, TOKENS[:, :20])
-    assert native_ops.product_choices() == (0, 0)
-    loss_and_grads(model, TOKENS[:, :20])  # the 50th call of each decides
-    decided, ours = native_ops.product_choices()
-    assert len(block_calls) == 25
-    if products == "each shape's faster":
-        assert decided == 12 and 0 <= ours <= 12
-    else:  # nothing timed
-        assert (decided, ours) == (0, 0)
+    assert native_blocks.product_choices() == {}
+    loss_and_grads(model, TOKENS[:, :20])  # the last pass of the trial decides
+    choices = native_blocks.product_choices()
+    assert len(block_calls) == passes
+    if products == "timed":
+        assert list(choices) == [(3 * 19, 40, 160, 5, 2)]
+        assert set(choices.values()) <= set(native_blocks.native_ops.PRODUCTS[1:])
+    else:
+        assert choices == {}
 
 
 def test_a_frozen_weight_gets_no_gradient(make_model, c_kernels, block_calls):

@@ -8,8 +8,8 @@ GPT (views, transposes, reshapes, autograd nodes and their bookkeeping). A step 
 at width 16, where the arithmetic is nothing, took 4.9 ms against 56 ms at width 128 (AMD EPYC,
 AVX2 only; ``benchmarks/RESULTS.md``). Here each block is one C call forward and one backward
 (``rnn2gpt_block_forward``/``_backward`` in ``kernels/avx2.c``): eight matrix products each way,
-each shape by the faster of an AVX2 product of ours and the BLAS ``sgemm`` that ``torch.mm``
-calls (MKL in PyTorch's x86 builds), timed on the shape's first calls in the step, with the
+by an AVX2 product of ours or the BLAS ``sgemm`` that ``torch.mm`` calls (MKL in PyTorch's x86
+builds), whichever a model's first passes time faster (:class:`_ProductTrial`), with the
 residual adds folded into the products, and the C LayerNorm, attention and GELU of
 :mod:`rnn2gpt.models.native_ops` (the LayerNorm's backward adds the residual stream's gradient in
 its pass). Autograd sees one node for the whole stack. Written in Python over ``torch.mm``, the
@@ -34,6 +34,8 @@ values as views of each layer's packed projection, as the module path's does.
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import NamedTuple
 
 import torch
@@ -179,6 +181,66 @@ def _addresses(tensors) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
 
 
+# Passes (a forward and its backward) of each product that a model shape times before choosing,
+# after one untimed pass of each; and how much faster PyTorch's products must be to be chosen.
+TRIAL_PASSES = 8
+MARGIN = 0.97
+
+
+class _ProductTrial:
+    """Which matrix products the C blocks run for one model shape: ours or PyTorch's BLAS sgemm
+    (``kernels/avx2.c``, "matrix products for training"). Its first passes alternate the two, and
+    each pass is timed whole (the blocks' C calls forward and backward); after
+    :data:`TRIAL_PASSES` of each, the one with the lower median runs from then on (PyTorch's only
+    if :data:`MARGIN` faster). Whole passes, because one product's time inside a step scattered
+    by +-10% from run to run and the products also change what their neighbours cost: chosen
+    product by product, half the shapes of a run took MKL's and the step ran 1.005x MKL's,
+    against 1.047x for ours throughout (AMD EPYC, ``benchmarks/train_kernels.py --products``)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.seconds: dict[str, list[float]] = {
+            native_ops.PRODUCTS[1]: [],
+            native_ops.PRODUCTS[2]: [],
+        }
+        self.choice: str | None = None
+
+    def next_products(self) -> str:
+        return self.choice or native_ops.PRODUCTS[1 + self.passes % 2]
+
+    def record(self, products: str, seconds: float) -> None:
+        self.passes += 1
+        if self.passes > 2:  # each product's first pass warms up
+            self.seconds[products].append(seconds)
+        if self.choice is None and all(len(s) >= TRIAL_PASSES for s in self.seconds.values()):
+            ours, theirs = (statistics.median(s) for s in self.seconds.values())
+            self.choice = (
+                native_ops.PRODUCTS[2] if theirs < MARGIN * ours else native_ops.PRODUCTS[1]
+            )
+
+
+_TRIALS: dict[tuple[int, ...], _ProductTrial] = {}
+
+
+def _products_for(shape: tuple[int, ...]) -> tuple[str, _ProductTrial | None]:
+    """The products a pass over blocks of ``shape`` runs, and the trial to report its time to."""
+    forced = native_ops.forced_products()
+    if forced is not None or not native_ops.blas_found():
+        return forced or native_ops.PRODUCTS[1], None
+    trial = _TRIALS.setdefault(shape, _ProductTrial())
+    return trial.next_products(), None if trial.choice else trial
+
+
+def product_choices() -> dict[tuple[int, ...], str]:
+    """The products each model shape (rows, width, inner width, heads, layers) chose so far."""
+    return {shape: trial.choice for shape, trial in _TRIALS.items() if trial.choice}
+
+
+def forget_product_choices() -> None:
+    """Forget every shape's timings and choice (for tests and benchmarks)."""
+    _TRIALS.clear()
+
+
 class _Blocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, n_head: int, eps: float, *flat: Tensor | None):  # type: ignore[override]
@@ -196,10 +258,14 @@ class _Blocks(torch.autograd.Function):
         out = x.new_empty(batch, steps, width)
         saved = [layout.addresses(buffer) for buffer in buffers]
         saved[0][0] = x.data_ptr()  # the first block reads its input where it is
+        ctx.products, ctx.trial = _products_for((batch * steps, width, inner, n_head, len(layers)))
+        native_ops.run_products(ctx.products)
+        started = time.perf_counter()
         for index, weights in enumerate(layers):
             # Each block writes its output into the next block's input.
             target = saved[index + 1][0] if index + 1 < len(layers) else out.data_ptr()
             native_ops.block_forward(_addresses(weights), saved[index], target, shape)
+        ctx.seconds = time.perf_counter() - started
         qkv_at, qkv_size = layout.offsets[_QKV], 3 * batch * steps * width
         packed = [b[qkv_at : qkv_at + qkv_size].view(batch, steps, 3 * width) for b in buffers]
         ctx.saved, ctx.addresses, ctx.input = buffers, saved, x
@@ -218,6 +284,8 @@ class _Blocks(torch.autograd.Function):
         grads: list[Tensor | None] = [None] * len(needs)
         d_out = d_out.contiguous()
         scratch = d_out.new_empty(ctx.layout.scratch)
+        native_ops.run_products(ctx.products)
+        started = time.perf_counter()
         for index in reversed(range(len(ctx.layers))):
             weights = ctx.layers[index]
             wanted = needs[index * FIELDS : (index + 1) * FIELDS]
@@ -237,6 +305,8 @@ class _Blocks(torch.autograd.Function):
             ctx.saved[index] = None  # each block's activations go once read, as autograd's would
             grads[index * FIELDS : (index + 1) * FIELDS] = layer_grads
             d_out = d_x
+        if ctx.trial is not None:
+            ctx.trial.record(ctx.products, ctx.seconds + time.perf_counter() - started)
         ctx.saved = ctx.layers = ctx.input = None  # the activations go now, not when the graph does
         # The gradients must not stay referenced (on ctx, say): autograd's accumulation takes a
         # gradient nothing else holds as the parameter's .grad, and copies any other (26 copies
@@ -258,4 +328,12 @@ def blocks_forward(model: nn.Module, x: Tensor, cache: KVCache, layers: list[_La
     return out
 
 
-__all__ = ["FIELDS", "LayerWeights", "blocks_forward", "layer_weights", "plain_blocks"]
+__all__ = [
+    "FIELDS",
+    "LayerWeights",
+    "blocks_forward",
+    "forget_product_choices",
+    "layer_weights",
+    "plain_blocks",
+    "product_choices",
+]

@@ -78,19 +78,15 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_own_product.restype = ctypes.c_int
     library.rnn2gpt_use_products.argtypes = [ctypes.c_int]
     library.rnn2gpt_use_products.restype = None
-    library.rnn2gpt_forget_product_choices.argtypes = []
-    library.rnn2gpt_forget_product_choices.restype = None
-    library.rnn2gpt_product_choices.argtypes = [ptr, ptr]
-    library.rnn2gpt_product_choices.restype = None
     return library
 
 
 @functools.cache
 def _blas_sgemm() -> int | None:
     """The address of the BLAS ``sgemm_`` that ``torch.mm`` calls on float32 CPU tensors (MKL's,
-    in PyTorch's x86 Linux builds), handed to the C blocks once: each product shape then runs
-    the faster of it and ours. None where PyTorch's library does not export one (then ours
-    always run)."""
+    in PyTorch's x86 Linux builds), handed to the C blocks once: a model then runs it or ours,
+    whichever its first passes time faster. None where PyTorch's library does not export one
+    (then ours always run)."""
     library = _library()
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     if library is None or not path.exists():
@@ -136,26 +132,33 @@ def own_product(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> 
     return out
 
 
-PRODUCTS = ("each shape's faster", "ours", "PyTorch's sgemm")
+PRODUCTS = ("timed", "ours", "PyTorch's sgemm")
+_products = {"forced": None}
 
 
 def use_products(which: str) -> None:
-    """Which matrix products the C blocks run in this process: ``"each shape's faster"`` (the
-    default: each product shape times both on its first calls and keeps the faster), ``"ours"``
-    or ``"PyTorch's sgemm"`` (where PyTorch's library exports one). For benchmarks and tests."""
-    _library().rnn2gpt_use_products(PRODUCTS.index(which))
+    """Which matrix products the C blocks run in this process: ``"timed"`` (the default: each
+    model shape times both, :mod:`rnn2gpt.models.native_blocks`), or always ``"ours"`` or
+    ``"PyTorch's sgemm"`` (ours where PyTorch's library exports none). For benchmarks and tests."""
+    if which not in PRODUCTS:
+        raise ValueError(f"products are one of {PRODUCTS}, not {which!r}")
+    _products["forced"] = None if which == PRODUCTS[0] else which
 
 
-def forget_product_choices() -> None:
-    """Forget every product shape's timings and choice: each times both again (for tests)."""
-    _library().rnn2gpt_forget_product_choices()
+def forced_products() -> str | None:
+    """The products :func:`use_products` forced, or None (timed)."""
+    return _products["forced"]
 
 
-def product_choices() -> tuple[int, int]:
-    """(product shapes that have chosen, how many of them run ours) in this process so far."""
-    decided, ours = ctypes.c_int64(), ctypes.c_int64()
-    _library().rnn2gpt_product_choices(ctypes.byref(decided), ctypes.byref(ours))
-    return decided.value, ours.value
+def blas_found() -> bool:
+    """Whether PyTorch's library exports the BLAS sgemm the C blocks can call."""
+    return _blas_sgemm() is not None
+
+
+def run_products(which: str) -> None:
+    """The C blocks' products from now on: ``"ours"`` or ``"PyTorch's sgemm"`` (ours where
+    :func:`blas_found` is False)."""
+    _library().rnn2gpt_use_products(2 if which == PRODUCTS[2] and blas_found() else 1)
 
 
 class BlockShape(ctypes.Structure):
@@ -235,7 +238,8 @@ def training_path() -> str:
     reason = unavailable_reason()
     if reason is None:
         blocks = (
-            "a C call per block (each product shape timed: ours or PyTorch's sgemm)"
+            "a C call per block (its products ours or PyTorch's sgemm, whichever a model's "
+            "first passes time faster)"
             if _blas_sgemm() is not None
             else "a C call per block (our products: PyTorch's library exports no sgemm)"
         )

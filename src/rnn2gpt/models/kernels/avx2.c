@@ -1440,7 +1440,7 @@ int rnn2gpt_layer_norm_backward(const float *dy, const float *x, const float *me
 /* ------------------------------------------------------------------ matrix products for training
  *
  * Row-major c (m, n) = op(a) (m, k) op(b) (k, n) + beta c, beta 0 or 1: the products of the
- * blocks below. Two implementations, chosen per shape by timing them in place:
+ * blocks below. Two implementations, of which rnn2gpt_use_products picks one:
  *
  * - ours: 6 x 16 tiles of c in twelve AVX2 registers, each the sum over k of a column of op(a)
  *   (six broadcasts) times a row of op(b) (two vectors). op(b) is copied into 16-column panels
@@ -1452,22 +1452,15 @@ int rnn2gpt_layer_norm_backward(const float *dy, const float *x, const float *me
  *
  * Measured on an AMD EPYC (Zen 3, AVX2, 2 threads), the twelve product shapes of a nanoGPT-size
  * layer, with distinct operands for each of four layers, alternating (medians of 25 rounds):
- * ours 1.07-1.20x MKL's on the forward's shapes (c = x w^T), 1.05-1.21x on the input
- * gradients' (c = d_y w), 1.02-1.06x on the weight gradients' (c = d_y^T x). Inside a training
- * step the two came closer, and a shape's timings there scatter by +-10% from run to run, while
- * whole steps ran 1.05-1.10x faster on ours (benchmarks/train_kernels.py --products). Which is
- * faster depends on the machine and the shape, so each shape's first calls alternate the two,
- * timed (PRODUCT_SAMPLES of each), and from then on ours runs unless the BLAS's median is
- * PRODUCT_MARGIN lower: a close call is the scatter, and stays with the product that won the
- * step. Medians, because a call in a training step is now and then several times slower than
- * the rest. The choice can differ between runs, and with it the last bits of the results. */
+ * ours 1.07-1.27x MKL's on the forward's shapes (c = x w^T), 1.05-1.25x on the input
+ * gradients' (c = d_y w), 1.02-1.06x on the weight gradients' (c = d_y^T x): 131-160 GFLOP/s,
+ * where one core's FMA units peak at about 95. Which is faster depends on the machine, so the
+ * caller times both (a shape's calls inside a step scatter too much to choose by; whole passes
+ * do not). */
 
 #define PRODUCT_MR 6
 #define PRODUCT_NR 16
 #define PRODUCT_KC 256 /* op(b) rows per panel block: a 16-column panel is 16 KB, half of L1 */
-#define PRODUCT_SAMPLES 24 /* timed calls of each product per shape */
-#define PRODUCT_MARGIN 0.97
-#define PRODUCT_SHAPES 64
 
 typedef void (*Sgemm)(const char *transa, const char *transb, const int *m, const int *n,
                       const int *k, const float *alpha, const float *a, const int *lda,
@@ -1649,101 +1642,20 @@ static void blas_product(char ta, char tb, int64_t m, int64_t n, int64_t k, cons
     blas_sgemm(&tb, &ta, &N, &M, &K, &one, b, &B, a, &A, &beta, c, &C);
 }
 
-/* What a shape has measured, and which product it runs: 0 while trying, 1 ours, 2 the BLAS's. */
-typedef struct {
-    char ta, tb;
-    int64_t m, n, k, calls;
-    int64_t ours_ns[PRODUCT_SAMPLES], blas_ns[PRODUCT_SAMPLES];
-    int choice;
-} ProductShape;
-
-static struct {
-    pthread_mutex_t lock;
-    ProductShape shapes[PRODUCT_SHAPES];
-    int64_t count;
-} products = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-/* The shape's record (NULL when the table is full). */
-static ProductShape *product_shape(char ta, char tb, int64_t m, int64_t n, int64_t k) {
-    ProductShape *found = NULL;
-    pthread_mutex_lock(&products.lock);
-    for (int64_t i = 0; i < products.count && !found; i++) {
-        ProductShape *s = &products.shapes[i];
-        if (s->ta == ta && s->tb == tb && s->m == m && s->n == n && s->k == k) found = s;
-    }
-    if (!found && products.count < PRODUCT_SHAPES) {
-        found = &products.shapes[products.count++];
-        *found = (ProductShape){.ta = ta, .tb = tb, .m = m, .n = n, .k = k};
-    }
-    pthread_mutex_unlock(&products.lock);
-    return found;
-}
-
-/* The median of n timings (sorted in place). */
-static int64_t median_ns(int64_t *ns, int64_t n) {
-    for (int64_t i = 1; i < n; i++)
-        for (int64_t j = i; j > 0 && ns[j - 1] > ns[j]; j--) {
-            const int64_t swap = ns[j];
-            ns[j] = ns[j - 1], ns[j - 1] = swap;
-        }
-    return n % 2 ? ns[n / 2] : (ns[n / 2 - 1] + ns[n / 2]) / 2;
-}
-
-/* Which products run: 0 each shape's choice (the default), 1 ours, 2 the BLAS's where there is
- * one (for benchmarks and tests). */
-static _Atomic int products_used;
+/* Which products run: 1 ours (the default), 2 the BLAS's where rnn2gpt_set_sgemm gave one. The
+ * blocks' caller chooses, per model shape, by timing whole passes (models/native_blocks.py). */
+static _Atomic int products_used = 1;
 
 void rnn2gpt_use_products(int which) { products_used = which; }
 
 /* Row-major c (m, n) = op(a) op(b) + beta c (beta 0 or 1; 'T' for a matrix stored transposed;
- * rows lda, ldb, ldc floats apart), by the product its shape chose. Returns -1 if out of memory. */
+ * rows lda, ldb, ldc floats apart), by the products chosen. Returns -1 if out of memory. */
 static int product(char ta, char tb, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                    const float *b, int64_t ldb, float beta, float *c, int64_t ldc, int64_t threads) {
-    const int used = products_used;
-    if (used == 2 && blas_sgemm) {
-        blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-        return 0;
-    }
-    ProductShape *shape = blas_sgemm && used == 0 ? product_shape(ta, tb, m, n, k) : NULL;
-    if (!blas_sgemm || used == 1 || (shape && shape->choice == 1))
+    if (products_used != 2 || !blas_sgemm)
         return rnn2gpt_own_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, threads);
-    if (!shape || shape->choice == 2) {
-        blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-        return 0;
-    }
-    /* Trying: the first call of each warms up untimed, then they alternate. (Two threads on one
-     * shape at once would only blur its timings.) */
-    const int64_t call = shape->calls++, ours = call % 2 == 0, start = nanoseconds();
-    if (ours && rnn2gpt_own_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, threads))
-        return -1;
-    if (!ours) blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-    const int64_t spent = nanoseconds() - start, sample = call / 2 - 1;
-    if (sample >= 0 && sample < PRODUCT_SAMPLES)
-        (ours ? shape->ours_ns : shape->blas_ns)[sample] = spent;
-    if (call + 1 == 2 * (PRODUCT_SAMPLES + 1))
-        shape->choice = median_ns(shape->blas_ns, PRODUCT_SAMPLES) <
-                                PRODUCT_MARGIN * median_ns(shape->ours_ns, PRODUCT_SAMPLES)
-                            ? 2
-                            : 1;
+    blas_product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
     return 0;
-}
-
-/* Forget every shape's timings and choice: each times both products again (for tests). */
-void rnn2gpt_forget_product_choices(void) {
-    pthread_mutex_lock(&products.lock);
-    products.count = 0;
-    pthread_mutex_unlock(&products.lock);
-}
-
-/* How many product shapes have chosen, and how many of them run ours (for tests). */
-void rnn2gpt_product_choices(int64_t *decided, int64_t *ours) {
-    pthread_mutex_lock(&products.lock);
-    *decided = *ours = 0;
-    for (int64_t i = 0; i < products.count; i++) {
-        *decided += products.shapes[i].choice != 0;
-        *ours += products.shapes[i].choice == 1;
-    }
-    pthread_mutex_unlock(&products.lock);
 }
 
 /* ------------------------------------------------------------------ a GPT's blocks for training
