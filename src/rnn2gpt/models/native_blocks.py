@@ -28,8 +28,8 @@ layers: gradients on, a fresh sequence without mask, recorder or dropout, the ex
 ``nn.Linear``/``nn.LayerNorm`` layers with contiguous parameters and without hooks (LoRA and the
 int8 layers keep the modules), and the C kernels usable
 (:func:`rnn2gpt.models.native_ops.blocks_usable`: float32, AVX2, fast paths on, outside autocast
-and ``torch.compile``; without PyTorch's ``sgemm`` ours run). The cache of that forward holds the keys and
-values as views of each layer's packed projection, as the module path's does.
+and ``torch.compile``; without PyTorch's ``sgemm`` ours run). The cache of that forward holds
+the keys and values as views of each layer's packed projection, as the module path's does.
 """
 
 from __future__ import annotations
@@ -227,7 +227,9 @@ def _products_for(shape: tuple[int, ...]) -> tuple[str, _ProductTrial | None]:
     forced = native_ops.forced_products()
     if forced is not None or not native_ops.blas_found():
         return forced or native_ops.PRODUCTS[1], None
-    trial = _TRIALS.setdefault(shape, _ProductTrial())
+    trial = _TRIALS.get(shape)
+    if trial is None:  # not setdefault: that would build a trial on every pass
+        trial = _TRIALS[shape] = _ProductTrial()
     return trial.next_products(), None if trial.choice else trial
 
 
