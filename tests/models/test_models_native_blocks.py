@@ -103,6 +103,31 @@ def test_a_model_shape_chooses_its_products_after_its_trial(make_model, products
         assert choices == {}
 
 
+def trial_choice(ours: list[float], theirs: list[float]) -> str | None:
+    """What a product trial chooses from these pass times (after its two untimed passes)."""
+    trial = native_blocks._ProductTrial()
+    names = native_blocks.native_ops.PRODUCTS[1:]
+    for products in names:
+        trial.record(products, 1.0)  # each side's first pass is not timed
+    for o, t in zip(ours, theirs):
+        assert trial.choice is None
+        trial.record(names[0], o)
+        trial.record(names[1], t)
+    return trial.choice
+
+
+def test_a_product_trial_compares_neighbouring_passes():
+    ours, theirs = native_blocks.native_ops.PRODUCTS[1:]
+    host = [1.0, 3.0, 1.5, 2.0, 1.0, 4.0, 1.2, 2.5]  # the host's speed, pair by pair
+    assert trial_choice(host, [0.9 * h for h in host]) == theirs
+    assert trial_choice(host, [0.97 * h for h in host]) == ours, "within the margin: ours"
+    assert trial_choice(host, [1.1 * h for h in host]) == ours
+    # The host speeds up midway, between a pass of ours and PyTorch's: the two sides' medians
+    # (2 against 1.51) would choose PyTorch's, which was no faster in any pair but that one.
+    slow_then_fast = [2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+    assert trial_choice(slow_then_fast, [2.0, 2.0, 2.0, 2.0, 1.02, 1.02, 1.02, 1.02]) == ours
+
+
 def test_a_frozen_weight_gets_no_gradient(make_model, c_kernels, block_calls):
     model = make_model(n_embd=32, n_head=4, block_size=32).train()
     frozen = [model.transformer.h[0].mlp.c_fc.weight, model.transformer.h[1].ln_1.bias]

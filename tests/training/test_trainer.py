@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -110,7 +111,9 @@ def test_outputs_of_a_run(tmp_path, make_run_config, capfd):
     bar = capfd.readouterr().err
     assert "12/12" in bar and "loss=" in bar and "tok/s=" in bar  # the progress bar, on stderr
     run = tmp_path / "run"
-    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curve = ElementTree.parse(run / "loss_curve.svg").getroot()
+    assert curve.tag == "{http://www.w3.org/2000/svg}svg"
+    assert len(curve.findall(".//{*}circle")) == 2, "a point per evaluation (steps 6 and 12)"
     assert [e["step"] for e in events(run, "train")] == [4, 8, 12]
     first = events(run, "train")[0]
     assert set(first) >= {"step", "tokens", "elapsed", "lr", "loss", "tokens_per_sec"}

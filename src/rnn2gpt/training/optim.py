@@ -88,16 +88,20 @@ def build_optimizer(
     return NativeAdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **extra)
 
 
-def progress_fraction(step: int, elapsed: float, tokens: int, config: TrainConfig) -> float:
+def progress_fraction(
+    step: int, elapsed: float, tokens: int, config: TrainConfig, warmup_steps: int | None = None
+) -> float:
     """How far through its budget the run is, in [0, 1]: the maximum over the budgets set.
 
-    The step budget counts from the end of warmup, so a step-only run reaches the cosine's
-    start exactly when warmup ends and its floor exactly at ``max_steps``.
+    The step budget counts from the end of warmup (``config.warmup_steps`` unless
+    ``warmup_steps`` is given), so a step-only run reaches the cosine's start exactly when warmup
+    ends and its floor exactly at ``max_steps``.
     """
+    warmup = config.warmup_steps if warmup_steps is None else warmup_steps
     fractions = [0.0]
     if config.max_steps > 0:
-        span = config.max_steps - config.warmup_steps
-        fractions.append((step - config.warmup_steps) / span if span > 0 else 1.0)
+        span = config.max_steps - warmup
+        fractions.append((step - warmup) / span if span > 0 else 1.0)
     if config.max_time > 0:
         fractions.append(elapsed / config.max_time)
     if config.max_tokens > 0:
