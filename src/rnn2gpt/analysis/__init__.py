@@ -1,6 +1,7 @@
 """Analysis: plots and reports of runs. Plotting needs matplotlib, imported lazily.
 
 - plots.py: loss curves, validation curves of several runs, gradient-flow plot
+- loss_svg.py: the loss curve every training run draws, as SVG written by hand (no matplotlib)
 - report.py: :class:`Report`, written as Markdown and self-contained HTML
 - analyze.py: one model inside out, from gradient_flow.py, attention.py, gates.py,
   token_view.py and :mod:`rnn2gpt.evaluation.diversity`
@@ -13,6 +14,7 @@ from .analyze import AnalysisResult, AnalyzeOptions, analyze_model
 from .attention import attention_maps, plot_attention
 from .gates import gate_activations, plot_gates
 from .gradient_flow import GradientFlow, gradient_flow, input_gradient_norms
+from .loss_svg import write_loss_curve_svg
 from .plots import (
     loss_series,
     plot_gradient_flow,
@@ -42,5 +44,6 @@ __all__ = [
     "plot_validation_curves",
     "read_metrics",
     "score_text",
+    "write_loss_curve_svg",
     "write_token_view",
 ]
