@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .plots import loss_series, read_metrics
+from .plots import read_loss_series
 
 WIDTH, HEIGHT = 840, 504
 MARGINS = {"left": 78, "right": 24, "top": 44, "bottom": 56}
@@ -72,6 +72,22 @@ def thin(points: Sequence[Point], columns: int, x_of) -> list[Point]:
     return kept
 
 
+def _tick(
+    kind: str,
+    value: float,
+    line: tuple[float, float, float, float],
+    at: Point,
+    anchor: str,
+) -> list[str]:
+    """A grid ``line`` (x1, y1, x2, y2) through a tick and its label at ``at``."""
+    x1, y1, x2, y2 = line
+    return [
+        f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#ddd"/>',
+        f'<text class="{kind}" x="{at[0]:.1f}" y="{at[1]:.1f}" text-anchor="{anchor}">'
+        f"{_label(value)}</text>",
+    ]
+
+
 def loss_curve_svg(train: Sequence[Point], val: Sequence[Point], title: str = "loss") -> str:
     """The SVG text of training ``train`` and validation ``val`` (step, loss) points."""
     everything = [*train, *val]
@@ -98,18 +114,10 @@ def loss_curve_svg(train: Sequence[Point], val: Sequence[Point], title: str = "l
     ]
     for tick in x_ticks:
         x = x_of(tick)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#ddd"/>')
-        out.append(
-            f'<text class="x-tick" x="{x:.1f}" y="{bottom + 18}" text-anchor="middle">'
-            f"{_label(tick)}</text>"
-        )
+        out += _tick("x-tick", tick, (x, top, x, bottom), (x, bottom + 18), "middle")
     for tick in y_ticks:
         y = y_of(tick)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(
-            f'<text class="y-tick" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_label(tick)}</text>"
-        )
+        out += _tick("y-tick", tick, (left, y, right, y), (left - 8, y + 4), "end")
     out.append(
         f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
         'fill="none" stroke="#333"/>'
@@ -165,8 +173,7 @@ def write_loss_curve_svg(
     ``metrics`` is a ``metrics.jsonl`` path or its parsed events. Returns the written path, or
     None when there is nothing to draw.
     """
-    events = read_metrics(metrics) if isinstance(metrics, str | os.PathLike) else list(metrics)
-    train, val = loss_series(events)
+    train, val = read_loss_series(metrics)
     if not train and not val:
         return None
     out = Path(out_path)

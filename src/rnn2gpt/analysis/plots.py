@@ -94,6 +94,14 @@ def loss_series(
     return sorted(train), sorted(val)
 
 
+def read_loss_series(
+    metrics: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """:func:`loss_series` of a ``metrics.jsonl`` path or of its parsed events."""
+    events = read_metrics(metrics) if isinstance(metrics, str | os.PathLike) else list(metrics)
+    return loss_series(events)
+
+
 def plot_loss_curve(
     metrics: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
     out_path: str | os.PathLike[str],
@@ -105,8 +113,7 @@ def plot_loss_curve(
     ``metrics`` is a ``metrics.jsonl`` path or its parsed events. Returns the written path, or
     None when matplotlib is not installed or there is nothing to draw (both logged).
     """
-    events = read_metrics(metrics) if isinstance(metrics, str | os.PathLike) else list(metrics)
-    train, val = loss_series(events)
+    train, val = read_loss_series(metrics)
     if not train and not val:
         logger.info("no losses to plot yet; skipping the loss curve")
         return None
@@ -225,6 +232,7 @@ __all__ = [
     "plot_gradient_flow",
     "plot_loss_curve",
     "plot_validation_curves",
+    "read_loss_series",
     "read_metrics",
     "save_figure",
     "validation_series",
