@@ -453,9 +453,8 @@ class Trainer:
         if not pending:
             return []
         # One pending loss (a log every step) is read alone: stacking it cost 80 us a step.
-        values = (
-            [pending[0].item()] if len(pending) == 1 else torch.stack(pending).double().tolist()
-        )
+        stacked = pending[0] if len(pending) == 1 else torch.stack(pending).double()
+        values = stacked.reshape(-1).tolist()
         first_step = self.progress.step - len(pending) + 1
         for i, value in enumerate(values):
             if not math.isfinite(value):
