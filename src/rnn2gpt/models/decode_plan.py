@@ -135,7 +135,7 @@ def has_hooks(model: nn.Module, backward: bool = False) -> bool:
     if any(global_hooks):
         return True
     # The modules' own dictionaries, walked by hand: ``model.modules()`` builds a name and a
-    # memo entry per module, 83 us a training step for a 4-layer GPT against about 25 here.
+    # memo entry per module, 63-65 us a training step for a 4-layer GPT against 43-44 here.
     stack = [model]
     while stack:
         m = stack.pop()

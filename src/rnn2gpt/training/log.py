@@ -52,8 +52,8 @@ class MetricsLog:
         self.flushed = time.monotonic()
 
     def write(self, kind: str, step: int, tokens: int, elapsed: float, **values: Any) -> None:
-        """Append one event; a ``train`` event reaches the disk within :data:`FLUSH_SECONDS`,
-        any other at once."""
+        """Append one event. Any other event than ``train`` is flushed at once; a ``train``
+        event with the first write :data:`FLUSH_SECONDS` after the last flush, or at close."""
         if self.file is None:
             return
         record = {"event": kind, "step": step, "tokens": tokens, "elapsed": round(elapsed, 4)}
