@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnn2gpt.config import ModelConfig, RunConfig
@@ -131,13 +132,17 @@ def test_a_wrapped_output_layer_is_scored_whole():
     torch.testing.assert_close(nll, expected.gather(1, targets[:, None]).squeeze(1))
 
 
-def test_a_plain_model_has_no_targets_path():
+def test_a_plain_output_scores_targets_from_its_logits():
+    torch.manual_seed(0)
     model = build_model(ModelConfig(arch="lstm", vocab_size=VOCAB, n_layer=1, n_embd=8))
-    assert not getattr(model, "computes_nll", False)
-    with pytest.raises(ValueError, match="adaptive"):
-        model(
-            torch.zeros(1, 3, dtype=torch.long), None, targets=torch.zeros(1, 3, dtype=torch.long)
-        )
+    assert not model.computes_nll  # next_token_loss scores its logits itself
+    tokens = torch.randint(0, VOCAB, (2, 3))
+    targets = torch.randint(0, VOCAB, (2, 3))
+    nll, _ = model(tokens, None, targets=targets)
+    logits, _ = model(tokens, None)
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1), reduction="none")
+    assert nll.shape == (2, 3)
+    torch.testing.assert_close(nll.reshape(-1), expected)
 
 
 @pytest.mark.parametrize("cutoffs", [(0,), (20, 10), (10, 10), (VOCAB,)])

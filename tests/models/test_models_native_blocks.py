@@ -159,9 +159,11 @@ def test_the_blocks_free_their_activations_after_backward(make_model, c_kernels,
     node = logits.grad_fn
     while node is not None and type(node).__name__ != "_BlocksBackward":
         node = next((fn for fn, _ in node.next_functions if fn is not None), None)
-    assert node is not None and node.saved is not None
+    assert node is not None and node.blocks is not None
+    blocks = node.blocks
+    assert all(buffer is not None for buffer in blocks.buffers)
     logits.sum().backward()
-    assert node.saved is None
+    assert node.blocks is None and all(buffer is None for buffer in blocks.buffers)
 
 
 class _Adapted(nn.Linear):

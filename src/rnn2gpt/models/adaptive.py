@@ -201,14 +201,17 @@ def lm_output(
     targets: Tensor | None = None,
 ) -> Tensor:
     """A language model's last step: hidden (B, T, H) -> logits (B, T, V), or with ``targets``
-    (B, T) the negative log-likelihood of each (B, T) fp32, which only an adaptive output offers.
+    (B, T) the negative log-likelihood of each (B, T) fp32 (an adaptive output scores only what
+    each target needs; a plain one, the whole vocabulary).
 
     With ``cutoffs`` the "logits" are the adaptive softmax's log-probabilities (fp32): softmax,
     temperature, top-k and the rest read them as they read logits.
     """
     if targets is not None:
         if clusters is None or not cutoffs:
-            raise ValueError("targets= needs an adaptive softmax output (model.adaptive_cutoffs)")
+            logits = per_token(output, hidden).float()
+            flat = logits.reshape(-1, logits.shape[-1])
+            return F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
         flat = hidden.reshape(-1, hidden.shape[-1])
         return adaptive_nll(flat, targets.reshape(-1), output, clusters, cutoffs).view(
             targets.shape

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ContextLengthError
-from . import native_blocks, native_ops
+from . import native_blocks, native_model, native_ops
 from .adaptive import check_cutoffs, cluster_layer, lm_output
 from .base import Recorder, count_parameters, register_model
 from .decode_plan import (
@@ -185,7 +185,9 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.cutoffs = check_cutoffs(config.adaptive_cutoffs, config.vocab_size)
-        self.computes_nll = bool(self.cutoffs)
+        # Every GPT scores targets itself: with a plain output layer its training forward runs
+        # to the loss in C where it can (models/native_model.py).
+        self.computes_nll = True
         self.clusters = cluster_layer(config.n_embd, self.cutoffs) if self.cutoffs else None
         if config.pos_encoding == "sinusoidal":
             # Rebuilt from the config, so it is not saved in checkpoints.
@@ -291,8 +293,8 @@ class GPT(nn.Module):
     ) -> tuple[Tensor, KVCache]:
         """tokens (B, T) -> logits (B, T, V) and the cache holding every token so far.
 
-        targets (B, T): with an adaptive output, return each target's negative log-likelihood
-        (B, T) in place of the logits (see models/base.py).
+        targets (B, T): return each target's negative log-likelihood (B, T) fp32 in place of
+        the logits (see models/base.py).
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T); got {tuple(tokens.shape)}")
@@ -319,6 +321,14 @@ class GPT(nn.Module):
                 plan = self._decode_plan = build_decode_plan(self)
             if plan.layers is not None:
                 return planned_forward(plan, tokens, cache), cache
+
+        if targets is not None and not self.cutoffs:
+            parts = native_model.plain_model(self, tokens, targets, cache, recorder)
+            if parts is not None:
+                # Training on AVX2: tokens to loss in one autograd function (models/native_model.py).
+                nll = native_model.model_loss(self, tokens, targets, cache, parts)
+                cache.advance(steps)
+                return nll, cache
 
         table = self.pos_table if self.config.pos_encoding == "sinusoidal" else None
         x = self.transformer.wte(tokens) + next_positions(

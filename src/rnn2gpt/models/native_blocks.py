@@ -6,8 +6,9 @@
 Why: the module path dispatches about 1,260 ATen operations for a training step of the nanoGPT-size
 GPT (views, transposes, reshapes, autograd nodes and their bookkeeping). A step of the same graph
 at width 16, where the arithmetic is nothing, took 4.9 ms against 56 ms at width 128 (AMD EPYC,
-AVX2 only; ``benchmarks/RESULTS.md``). Here each block is one C call forward and one backward
-(``rnn2gpt_block_forward``/``_backward`` in ``kernels/avx2.c``): eight matrix products each way,
+AVX2 only; ``benchmarks/RESULTS.md``). Here the blocks are one C call forward and one backward
+(``rnn2gpt_blocks_forward``/``_backward`` in ``kernels/avx2.c``, a loop over
+``rnn2gpt_block_forward``/``_backward``): eight matrix products a block each way,
 by an AVX2 product of ours or the BLAS ``sgemm`` that ``torch.mm`` calls (MKL in PyTorch's x86
 builds), whichever a model's first passes time faster (:class:`_ProductTrial`), with the
 residual adds folded into the products, and the C LayerNorm, attention and GELU of
@@ -19,8 +20,8 @@ same blocks made about 30 PyTorch calls a layer forward and 40 backward; the C c
 The numbers are the modules' within float rounding: the same arithmetic, the residual and bias
 adds in another order (``tests/models/test_models_native_blocks.py``). Only the products that a
 gradient needs run: a frozen weight's gradient is not computed. Each block's activations live in
-one buffer of the function's (:data:`SAVED`), freed as soon as the backward has read it (as
-autograd frees the modules' node by node); autograd's check that nothing changed a saved tensor
+one buffer of the function's (:data:`SAVED`), freed as soon as the backward has read them all
+(:class:`BlocksPass`); autograd's check that nothing changed a saved tensor
 in place does not cover them (nothing outside the function sees them but the cache's views).
 
 Where: :meth:`rnn2gpt.models.gpt.GPT.forward` takes it when :func:`plain_blocks` returns the
@@ -249,35 +250,96 @@ def forget_product_choices() -> None:
     _TRIALS.clear()
 
 
+class BlocksPass:
+    """One training pass of a GPT's blocks in C: the forward of ``x`` (B, T, C) through every
+    block, then the backward of the gradient at the last block's output, each one C call. It
+    holds the blocks' activations between the two (a buffer per block, whose packed projection the
+    cache's keys and values view), frees them once the backward has read them, and reports the
+    pass's time to the shape's :class:`_ProductTrial`. :class:`_Blocks` and
+    :class:`rnn2gpt.models.native_model.NativeLoss` run their blocks through it."""
+
+    def __init__(self, x: Tensor, n_head: int, eps: float, flat: tuple[Tensor | None, ...]):
+        batch, steps, width = x.shape
+        self.layers = [LayerWeights(*flat[i : i + FIELDS]) for i in range(0, len(flat), FIELDS)]
+        inner = self.layers[0].c_fc_weight.shape[0]
+        threads = torch.get_num_threads()
+        self.shape = native_ops.BlockShape(batch, steps, width, inner, n_head, threads, eps)
+        self.layout = _Layout.of(batch * steps, width, inner, n_head)
+        self.buffers: list[Tensor | None] = [x.new_empty(self.layout.total) for _ in self.layers]
+        self.addresses = [self.layout.addresses(buffer) for buffer in self.buffers]
+        shape = (batch * steps, width, inner, n_head, len(self.layers))
+        self.products, self.trial = _products_for(shape)
+        self.seconds = 0.0
+
+    def forward_arguments(self, x: Tensor) -> tuple[list[int | None], list[int]]:
+        """The addresses a forward from ``x`` (B, T, C, contiguous; it must live until the
+        backward) reads: every block's weights and saved buffers in turn (see
+        :func:`rnn2gpt.models.native_ops.blocks_forward`)."""
+        self.addresses[0][0] = x.data_ptr()  # the first block reads its input where it is
+        self.weights = [a for weights in self.layers for a in _addresses(weights)]
+        return self.weights, [a for addresses in self.addresses for a in addresses]
+
+    def packed(self, x: Tensor) -> list[Tensor]:
+        """Each block's packed projection (B, T, 3C) after the forward: views of its buffer."""
+        batch, steps, width = x.shape
+        qkv_at, qkv_size = self.layout.offsets[_QKV], 3 * batch * steps * width
+        return [b[qkv_at : qkv_at + qkv_size].view(batch, steps, 3 * width) for b in self.buffers]
+
+    def backward_buffers(
+        self, d_out: Tensor, needs: tuple[bool, ...]
+    ) -> tuple[list[Tensor | None], Tensor, Tensor, Tensor]:
+        """What a backward from ``d_out`` (B, T, C) writes: the parameters' gradients
+        (:func:`layer_weights` order, block by block; None where ``needs`` says not wanted), the
+        gradient at the first block's input (B, T, C), and the space between blocks and the
+        scratch (see :func:`rnn2gpt.models.native_ops.blocks_backward`)."""
+        weights = [w for layer in self.layers for w in layer]
+        grads = [torch.empty_like(w) if want else None for w, want in zip(weights, needs)]
+        between = d_out.new_empty(2 * d_out.numel())
+        return grads, torch.empty_like(d_out), between, d_out.new_empty(self.layout.scratch)
+
+    def finish(self, backward_seconds: float) -> None:
+        """Free the activations (the backward has read them) and report the pass's time."""
+        if self.trial is not None:
+            self.trial.record(self.products, self.seconds + backward_seconds)
+        self.buffers = [None] * len(self.buffers)
+        self.layers = []
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """x (B, T, C) contiguous, which must live until the backward -> the last block's output
+        (B, T, C) and each block's packed projection (B, T, 3C)."""
+        weights, saved = self.forward_arguments(x)
+        out = torch.empty_like(x)
+        native_ops.run_products(self.products)
+        started = time.perf_counter()
+        native_ops.blocks_forward(weights, saved, out.data_ptr(), self.shape)
+        self.seconds = time.perf_counter() - started
+        return out, self.packed(x)
+
+    def backward(
+        self, d_out: Tensor, needs: tuple[bool, ...]
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """d_out (B, T, C) at the last block's output -> the gradient at the first block's input
+        (B, T, C) and the parameters' gradients (as :meth:`backward_buffers` orders them)."""
+        d_out = d_out.contiguous()
+        grads, d_x, between, scratch = self.backward_buffers(d_out, needs)
+        saved = [a for addresses in self.addresses for a in addresses]
+        native_ops.run_products(self.products)
+        started = time.perf_counter()
+        native_ops.blocks_backward(
+            self.weights, saved, _addresses(grads), d_out.data_ptr(), d_x.data_ptr(),
+            between.data_ptr(), scratch.data_ptr(), self.shape,
+        )  # fmt: skip
+        self.finish(time.perf_counter() - started)
+        return d_x, grads
+
+
 class _Blocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, n_head: int, eps: float, *flat: Tensor | None):  # type: ignore[override]
-        batch, steps, width = x.shape
-        layers = [LayerWeights(*flat[i : i + FIELDS]) for i in range(0, len(flat), FIELDS)]
-        inner = layers[0].c_fc_weight.shape[0]
-        shape = native_ops.BlockShape(
-            batch, steps, width, inner, n_head, torch.get_num_threads(), eps
-        )
-        layout = _Layout.of(batch * steps, width, inner, n_head)
         x = x.contiguous()
-        # One buffer per block, so that each block's activations go as soon as the backward has
-        # read them (as autograd frees the modules' nodes one by one).
-        buffers = [x.new_empty(layout.total) for _ in layers]
-        out = x.new_empty(batch, steps, width)
-        saved = [layout.addresses(buffer) for buffer in buffers]
-        saved[0][0] = x.data_ptr()  # the first block reads its input where it is
-        ctx.products, ctx.trial = _products_for((batch * steps, width, inner, n_head, len(layers)))
-        native_ops.run_products(ctx.products)
-        started = time.perf_counter()
-        for index, weights in enumerate(layers):
-            # Each block writes its output into the next block's input.
-            target = saved[index + 1][0] if index + 1 < len(layers) else out.data_ptr()
-            native_ops.block_forward(_addresses(weights), saved[index], target, shape)
-        ctx.seconds = time.perf_counter() - started
-        qkv_at, qkv_size = layout.offsets[_QKV], 3 * batch * steps * width
-        packed = [b[qkv_at : qkv_at + qkv_size].view(batch, steps, 3 * width) for b in buffers]
-        ctx.saved, ctx.addresses, ctx.input = buffers, saved, x
-        ctx.layers, ctx.shape, ctx.layout = layers, shape, layout
+        blocks = BlocksPass(x, n_head, eps, flat)
+        out, packed = blocks.forward(x)
+        ctx.blocks, ctx.input = blocks, x
         ctx.mark_non_differentiable(*packed)
         # The packed projections are returned for the cache only: no zero gradients for them
         # (four (B, T, 3C) fills a step, 0.2-0.5 ms at the nanoGPT size).
@@ -288,48 +350,18 @@ class _Blocks(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out: Tensor, *unused: None):  # type: ignore[override]
         # Called only with d_out: the other outputs are not differentiable.
-        needs = ctx.needs_input_grad[3:]
-        grads: list[Tensor | None] = [None] * len(needs)
-        d_out = d_out.contiguous()
-        scratch = d_out.new_empty(ctx.layout.scratch)
-        native_ops.run_products(ctx.products)
-        started = time.perf_counter()
-        for index in reversed(range(len(ctx.layers))):
-            weights = ctx.layers[index]
-            wanted = needs[index * FIELDS : (index + 1) * FIELDS]
-            layer_grads = [
-                torch.empty_like(w) if want else None for w, want in zip(weights, wanted)
-            ]
-            d_x = torch.empty_like(d_out)
-            native_ops.block_backward(
-                _addresses(weights),
-                ctx.addresses[index],
-                _addresses(layer_grads),
-                d_out.data_ptr(),
-                d_x.data_ptr(),
-                scratch.data_ptr(),
-                ctx.shape,
-            )
-            ctx.saved[index] = None  # each block's activations go once read, as autograd's would
-            grads[index * FIELDS : (index + 1) * FIELDS] = layer_grads
-            d_out = d_x
-        if ctx.trial is not None:
-            ctx.trial.record(ctx.products, ctx.seconds + time.perf_counter() - started)
-        ctx.saved = ctx.layers = ctx.input = None  # the activations go now, not when the graph does
+        d_x, grads = ctx.blocks.backward(d_out, ctx.needs_input_grad[3:])
+        ctx.blocks = ctx.input = None  # the activations go now, not when the graph does
         # The gradients must not stay referenced (on ctx, say): autograd's accumulation takes a
         # gradient nothing else holds as the parameter's .grad, and copies any other (26 copies
         # a step at the nanoGPT size, measured).
-        return (d_out, None, None, *grads)
+        return (d_x, None, None, *grads)
 
 
-def blocks_forward(model: nn.Module, x: Tensor, cache: KVCache, layers: list[_Layers]) -> Tensor:
-    """x (B, T, C) -> the last block's output (B, T, C); ``cache`` takes every layer's keys and
-    values (views of its packed projection). ``layers``: what :func:`plain_blocks` returned."""
-    config = model.config
-    flat = [t for block in layers for t in layer_weights(block)]
-    out, *packed = _Blocks.apply(x, config.n_head, config.layer_norm_eps, *flat)
-    batch, steps, width = x.shape
-    heads = config.n_head
+def cache_packed(cache: KVCache, packed: list[Tensor], heads: int) -> None:
+    """Append each layer's keys and values to ``cache``: strided views of its packed projection
+    (B, T, 3C)."""
+    batch, steps, width = packed[0].shape[0], packed[0].shape[1], packed[0].shape[2] // 3
     head_dim = width // heads
     # Keys and values (B, H, T, D) as one strided view each of the packed (B, T, 3C): a view,
     # slice, permute and unbind made five tensors a layer (80 us a step for four layers).
@@ -338,13 +370,24 @@ def blocks_forward(model: nn.Module, x: Tensor, cache: KVCache, layers: list[_La
         start = qkv.storage_offset()
         keys = qkv.as_strided(shape, strides, start + width)
         cache.append(layer, keys, qkv.as_strided(shape, strides, start + 2 * width))
+
+
+def blocks_forward(model: nn.Module, x: Tensor, cache: KVCache, layers: list[_Layers]) -> Tensor:
+    """x (B, T, C) -> the last block's output (B, T, C); ``cache`` takes every layer's keys and
+    values (views of its packed projection). ``layers``: what :func:`plain_blocks` returned."""
+    config = model.config
+    flat = [t for block in layers for t in layer_weights(block)]
+    out, *packed = _Blocks.apply(x, config.n_head, config.layer_norm_eps, *flat)
+    cache_packed(cache, packed, config.n_head)
     return out
 
 
 __all__ = [
     "FIELDS",
+    "BlocksPass",
     "LayerWeights",
     "blocks_forward",
+    "cache_packed",
     "forget_product_choices",
     "layer_weights",
     "plain_blocks",

@@ -72,6 +72,10 @@ def _library() -> ctypes.CDLL | None:
     library.rnn2gpt_block_forward.restype = ctypes.c_int
     library.rnn2gpt_block_backward.argtypes = [ptr] * 7
     library.rnn2gpt_block_backward.restype = ctypes.c_int
+    library.rnn2gpt_blocks_forward.argtypes = [ptr] * 3 + [i64, ptr]
+    library.rnn2gpt_blocks_forward.restype = ctypes.c_int
+    library.rnn2gpt_blocks_backward.argtypes = [ptr] * 7 + [i64, ptr]
+    library.rnn2gpt_blocks_backward.restype = ctypes.c_int
     char = ctypes.c_char
     library.rnn2gpt_own_product.argtypes = [char, char] + [i64] * 3 + [ptr, i64, ptr, i64]
     library.rnn2gpt_own_product.argtypes += [ctypes.c_float, ptr, i64, i64]
@@ -101,7 +105,7 @@ def _blas_sgemm() -> int | None:
 
 
 def blocks_usable(*tensors: Tensor) -> bool:
-    """:func:`usable` for the C blocks (:func:`block_forward`); hands them the BLAS products to
+    """:func:`usable` for the C blocks (:func:`blocks_forward`); hands them the BLAS products to
     time against ours first."""
     if not usable(*tensors):
         return False
@@ -162,7 +166,7 @@ def run_products(which: str) -> None:
 
 
 class BlockShape(ctypes.Structure):
-    """A GPT block's sizes for :func:`block_forward` and :func:`block_backward`."""
+    """A GPT block's sizes for :func:`blocks_forward` and :func:`blocks_backward`."""
 
     _fields_ = [
         ("batch", ctypes.c_int64),
@@ -179,39 +183,47 @@ def _addresses(values: list[int | None]) -> ctypes.Array:
     return (ctypes.c_void_p * len(values))(*values)
 
 
-def block_forward(weights: list[int | None], saved: list[int], out: int, shape: BlockShape) -> None:
-    """One GPT block's forward in C (``kernels/avx2.c``, ``rnn2gpt_block_forward``): addresses
-    of its 12 parameters (``native_blocks.LayerWeights`` order, None for a missing bias), of its
-    13 saved buffers (``native_blocks.SAVED`` order; the first, its input, is read and the rest
-    written) and of its (N, C) output."""
+def blocks_forward(
+    weights: list[int | None], saved: list[int], out: int, shape: BlockShape
+) -> None:
+    """Every GPT block's forward in one C call (``kernels/avx2.c``, ``rnn2gpt_blocks_forward``):
+    addresses of each block's 12 parameters in turn (``native_blocks.LayerWeights`` order, None
+    for a missing bias), of each block's 13 saved buffers (``native_blocks.SAVED`` order; the
+    first block's input is read, the rest written) and of the last block's (N, C) output."""
+    layers = len(weights) // 12
     _check(
-        _library().rnn2gpt_block_forward(
-            _addresses(weights), _addresses(saved), out, ctypes.byref(shape)
+        _library().rnn2gpt_blocks_forward(
+            _addresses(weights), _addresses(saved), out, layers, ctypes.byref(shape)
         )
     )
 
 
-def block_backward(
+def blocks_backward(
     weights: list[int | None],
     saved: list[int],
     grads: list[int | None],
     d_out: int,
     d_x: int,
+    between: int,
     scratch: int,
     shape: BlockShape,
 ) -> None:
-    """Its backward: the gradient at the block's output (N, C) -> at its input (N, C), and the
-    parameters' gradients at ``grads`` (None: not wanted); scratch holds N (F + 6C) floats."""
+    """Their backward, the last block first: the gradient at the last block's output (N, C) ->
+    at the first one's input (N, C), and each block's parameters' gradients at ``grads`` (None:
+    not wanted); ``between`` holds 2 N C floats, scratch N (F + 6C)."""
+    layers = len(weights) // 12
     _check(
-        _library().rnn2gpt_block_backward(
+        _library().rnn2gpt_blocks_backward(
             _addresses(weights),
             _addresses(saved),
             _addresses(grads),
             d_out,
             d_x,
+            between,
             scratch,
+            layers,
             ctypes.byref(shape),
-        )
+        )  # fmt: skip
     )
 
 
@@ -478,8 +490,8 @@ __all__ = [
     "BlockShape",
     "attention_backward",
     "attention_forward",
-    "block_backward",
-    "block_forward",
+    "blocks_backward",
+    "blocks_forward",
     "blocks_usable",
     "causal_attention",
     "gelu",

@@ -38,6 +38,7 @@ import torch
 from ..checkpoint import BEST, LAST, load_weights, save_checkpoint
 from ..config import RunConfig
 from ..errors import TrainingError
+from ..models.base import fixed_structure
 from .compiling import StepCompiler, compile_choice
 from .distributed import (
     DistContext,
@@ -156,7 +157,7 @@ class Trainer:
         self.eval_seconds = p.elapsed - p.train_seconds
         interrupted, stop_reason = False, ""
         try:
-            with logging_redirect(shown):
+            with logging_redirect(shown), fixed_structure(self.model):
                 while True:
                     self._tick()
                     interrupted, stop_reason, eval_due = self._should_stop(sigint, interrupt)
@@ -244,8 +245,7 @@ class Trainer:
 
     def _step(self) -> torch.Tensor:
         """One optimizer step over ``grad_accum`` micro-batches; the mean loss (0-d tensor)."""
-        tc = self.config.train
-        accum = tc.grad_accum
+        accum = self.config.train.grad_accum
         total: torch.Tensor | None = None
         tokens = 0
         first = self.progress.step * accum
@@ -259,7 +259,7 @@ class Trainer:
                 (loss / accum if accum > 1 else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             tokens += count
-        clip_and_step(self.optimizer, self.model.parameters(), max(tc.grad_clip, 0.0))
+        clip_and_step(self.optimizer, self.model.parameters(), max(self.config.train.grad_clip, 0))
         self.optimizer.zero_grad(set_to_none=True)
         self.step_tokens = tokens * self.ctx.world_size
         assert total is not None

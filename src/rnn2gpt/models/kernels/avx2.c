@@ -1839,3 +1839,271 @@ int rnn2gpt_block_backward(const BlockWeights *w, const BlockSaved *s, const Blo
     return rnn2gpt_layer_norm_backward(d_norm, s->x, s->ln_1_mean, s->ln_1_rstd, w->ln_1_weight,
                                        d_mid, d_x, g->ln_1_weight, g->ln_1_bias, N, C, threads);
 }
+
+/* Every block's forward in turn, in one call (a Python loop between the calls cost 86 us a
+ * layer of a nanoGPT-size step, its objects cold in the cache after each block): w and s hold
+ * ``layers`` of each; block i reads s[i].x and writes the next block's s[i + 1].x, the last one
+ * out. Returns 0, or -1 if out of memory. */
+int rnn2gpt_blocks_forward(const BlockWeights *w, const BlockSaved *s, float *out, int64_t layers,
+                           const BlockShape *shape) {
+    for (int64_t i = 0; i < layers; i++)
+        if (rnn2gpt_block_forward(w + i, s + i, i + 1 < layers ? s[i + 1].x : out, shape))
+            return -1;
+    return 0;
+}
+
+/* Every block's backward, the last first, in one call: d_out (N, C) at the last block's output
+ * -> d_x (N, C) at the first one's input, and each block's gradients g[i]. The gradients between
+ * blocks alternate in ``between`` (2 N C floats); scratch as for rnn2gpt_block_backward. Returns
+ * 0, or -1 if out of memory. */
+int rnn2gpt_blocks_backward(const BlockWeights *w, const BlockSaved *s, const BlockGrads *g,
+                            const float *d_out, float *d_x, float *between, float *scratch,
+                            int64_t layers, const BlockShape *shape) {
+    const int64_t size = shape->batch * shape->steps * shape->width;
+    const float *d = d_out;
+    for (int64_t i = layers - 1; i >= 0; i--) {
+        float *target = i == 0 ? d_x : between + ((layers - 1 - i) % 2) * size;
+        if (rnn2gpt_block_backward(w + i, s + i, g + i, d, target, scratch, shape)) return -1;
+        d = target;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ a GPT's ends for training
+ *
+ * What comes before and after the blocks in a training forward that ends in the loss
+ * (models/native_model.py wraps them with the blocks as one autograd function):
+ *
+ *   x   = wte[tokens] + positions[t]                        (N, C), N = B T rows
+ *   nll = -log softmax(ln_f(x_out) head^T + head_b)[target] (N)
+ *
+ * In PyTorch these were about 25 operations forward and backward (an index_select, an add, a
+ * LayerNorm, a matrix product of an awkward width (the vocabulary: 65 characters), log_softmax,
+ * nll_loss, their backwards, an embedding's dense backward and a sum over the batch), each a
+ * dispatch and an allocation: 2.7 ms of a 41 ms nanoGPT-size step on an AMD EPYC, with their
+ * autograd nodes. Every sum here runs in a fixed order, so the results have the same bits for
+ * any thread count. */
+
+/* x (N, C) = wte[tokens[r]] + positions[r % steps] (positions NULL: none). Returns 0, or -2 if a
+ * token is outside [0, vocab) (nothing is written then). */
+static int embed(const int64_t *tokens, const float *wte, const float *positions, float *x,
+                 int64_t batch, int64_t steps, int64_t width, int64_t vocab, int64_t threads) {
+    const int64_t rows = batch * steps;
+    for (int64_t r = 0; r < rows; r++)
+        if (tokens[r] < 0 || tokens[r] >= vocab) return -2;
+    const int64_t parts = parts_for(rows / NORM_ROWS, threads);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t begin, end;
+        share(rows, part, parts, &begin, &end);
+        for (int64_t r = begin; r < end; r++) {
+            const float *e = wte + tokens[r] * width;
+            const float *p = positions ? positions + (r % steps) * width : NULL;
+            float *xr = x + r * width;
+            int64_t j = 0;
+            for (; j + 8 <= width; j += 8) {
+                __m256 v = _mm256_loadu_ps(e + j);
+                if (p) v = _mm256_add_ps(v, _mm256_loadu_ps(p + j));
+                _mm256_storeu_ps(xr + j, v);
+            }
+            for (; j < width; j++) xr[j] = e[j] + (p ? p[j] : 0.0f);
+        }
+    }
+    return 0;
+}
+
+/* The embeddings' gradients from d_x (N, C): d_wte (vocab, C) gets the sum of the rows of each
+ * token (added to what it holds when accumulate, else written, zero for unseen tokens), and
+ * d_positions (steps, C) the sum of each position's rows over the batch. Either may be NULL.
+ * The columns are split over threads, and each column's rows are added in order. */
+static void embed_backward(const int64_t *tokens, const float *d_x, float *d_wte, int accumulate,
+                           float *d_positions, int64_t batch, int64_t steps, int64_t width,
+                           int64_t vocab, int64_t threads) {
+    const int64_t rows = batch * steps, vectors = (width + 7) / 8;
+    const int64_t parts = parts_for(vectors, threads);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t first, last;
+        share(vectors, part, parts, &first, &last);
+        const int64_t j0 = first * 8, j1 = last * 8 < width ? last * 8 : width;
+        if (d_wte) {
+            if (!accumulate)
+                for (int64_t v = 0; v < vocab; v++)
+                    for (int64_t j = j0; j < j1; j++) d_wte[v * width + j] = 0.0f;
+            for (int64_t r = 0; r < rows; r++) {
+                float *g = d_wte + tokens[r] * width;
+                const float *d = d_x + r * width;
+                for (int64_t j = j0; j < j1; j++) g[j] += d[j];
+            }
+        }
+        if (d_positions)
+            for (int64_t t = 0; t < steps; t++) {
+                float *g = d_positions + t * width;
+                for (int64_t j = j0; j < j1; j++) g[j] = d_x[t * width + j];
+                for (int64_t b = 1; b < batch; b++)
+                    for (int64_t j = j0; j < j1; j++) g[j] += d_x[(b * steps + t) * width + j];
+            }
+    }
+}
+
+/* The last LayerNorm and the output layer, as native_model.HeadWeights orders them (the
+ * biases and the norm's weight may be NULL). */
+typedef struct {
+    const float *ln_weight, *ln_bias, *head_weight, *head_bias;
+} HeadWeights;
+
+/* Their gradients, written where non-NULL. */
+typedef struct {
+    float *ln_weight, *ln_bias, *head_weight, *head_bias;
+} HeadGrads;
+
+/* What the loss's forward keeps for its backward, in the order of native_model.HEAD_SAVED. */
+typedef struct {
+    float *ln, *mean, *rstd; /* (N, C), (N), (N) */
+    float *probs;            /* (N, V): the softmax of each row's logits */
+} HeadSaved;
+
+typedef struct {
+    int64_t rows, width, vocab, threads;
+    double eps;
+} HeadShape;
+
+/* row (V) holds logits: softmax them in place and return -log p[target] (NaN if any logit is
+ * NaN: the exponential below would clamp it to a tiny number, and the trainer must see it). */
+static float softmax_nll(float *row, int64_t vocab, int64_t target) {
+    const float chosen = row[target];
+    __m256 most8 = _mm256_set1_ps(-INFINITY), nan8 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= vocab; j += 8) {
+        __m256 v = _mm256_loadu_ps(row + j);
+        most8 = _mm256_max_ps(most8, v);
+        nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    float lanes[8], most = -INFINITY;
+    int unordered = _mm256_movemask_ps(nan8) != 0;
+    _mm256_storeu_ps(lanes, most8);
+    for (int k = 0; k < 8; k++) most = lanes[k] > most ? lanes[k] : most;
+    for (; j < vocab; j++) {
+        most = row[j] > most ? row[j] : most;
+        unordered |= row[j] != row[j];
+    }
+    if (unordered) return NAN;
+    const __m256 shift = _mm256_set1_ps(most);
+    __m256 total8 = _mm256_setzero_ps();
+    j = 0;
+    for (; j + 8 <= vocab; j += 8) {
+        __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row + j), shift));
+        total8 = _mm256_add_ps(total8, e);
+        _mm256_storeu_ps(row + j, e);
+    }
+    float total = sum_lanes(total8);
+    for (; j < vocab; j++) {
+        row[j] = expf(row[j] - most);
+        total += row[j];
+    }
+    const float inverse = 1.0f / total;
+    scale_row(row, vocab, inverse);
+    return most + logf(total) - chosen;
+}
+
+/* Rows [begin, end) of the softmax and loss. */
+static void softmax_nll_rows(float *probs, const int64_t *targets, float *nll, int64_t rows,
+                             int64_t vocab, int64_t threads) {
+    const int64_t parts = parts_for(rows / NORM_ROWS, threads);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t begin, end;
+        share(rows, part, parts, &begin, &end);
+        for (int64_t r = begin; r < end; r++)
+            nll[r] = softmax_nll(probs + r * vocab, vocab, targets[r]);
+    }
+}
+
+/* The loss's forward: x (N, C), the last block's output -> nll (N), each row's cross-entropy
+ * against targets (N), filling s. Returns 0, -1 if out of memory, -2 if a target is outside
+ * [0, vocab) (nothing is written then). */
+static int head_loss(const HeadWeights *w, const float *x, const int64_t *targets,
+                     const HeadSaved *s, float *nll, const HeadShape *shape) {
+    const int64_t N = shape->rows, C = shape->width, V = shape->vocab, threads = shape->threads;
+    for (int64_t r = 0; r < N; r++)
+        if (targets[r] < 0 || targets[r] >= V) return -2;
+    rnn2gpt_layer_norm(x, w->ln_weight, w->ln_bias, s->ln, s->mean, s->rstd, N, C, shape->eps,
+                       threads);
+    if (linear_forward(s->ln, N, C, w->head_weight, w->head_bias, V, NULL, s->probs, threads))
+        return -1;
+    softmax_nll_rows(s->probs, targets, nll, N, V, threads);
+    return 0;
+}
+
+/* d_logits = d_nll[r] (p - onehot(target)), in place of p. */
+static void logits_gradient(float *probs, const int64_t *targets, const float *d_nll,
+                            int64_t rows, int64_t vocab, int64_t threads) {
+    const int64_t parts = parts_for(rows / NORM_ROWS, threads);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t part = 0; part < parts; part++) {
+        int64_t begin, end;
+        share(rows, part, parts, &begin, &end);
+        for (int64_t r = begin; r < end; r++) {
+            float *row = probs + r * vocab;
+            row[targets[r]] -= 1.0f;
+            scale_row(row, vocab, d_nll[r]);
+        }
+    }
+}
+
+/* Its backward: d_nll (N) -> d_x (N, C) at the last block's output, and the gradients wanted in
+ * g. s->probs is overwritten (the logits' gradient); scratch holds N C floats. Returns 0, or -1
+ * if out of memory. */
+static int head_loss_backward(const HeadWeights *w, const float *x, const int64_t *targets,
+                              const HeadSaved *s, const float *d_nll, const HeadGrads *g,
+                              float *d_x, float *scratch, const HeadShape *shape) {
+    const int64_t N = shape->rows, C = shape->width, V = shape->vocab, threads = shape->threads;
+    logits_gradient(s->probs, targets, d_nll, N, V, threads);
+    if (g->head_bias) column_sums(s->probs, N, V, g->head_bias, threads);
+    if (g->head_weight &&
+        product('T', 'N', V, C, N, s->probs, V, s->ln, C, 0.0f, g->head_weight, C, threads))
+        return -1;
+    if (product('N', 'N', N, C, V, s->probs, V, w->head_weight, C, 0.0f, scratch, C, threads))
+        return -1;
+    return rnn2gpt_layer_norm_backward(scratch, x, s->mean, s->rstd, w->ln_weight, NULL, d_x,
+                                       g->ln_weight, g->ln_bias, N, C, threads);
+}
+
+/* A GPT's whole training forward in one call, tokens to each token's loss: embed into x
+ * (N, C), rnn2gpt_blocks_forward from x to out (N, C), head_loss from out to nll (N).
+ * One call, because the Python between three calls cost 0.5 ms a nanoGPT-size step (its objects
+ * cold in the caches after the blocks). Returns 0, -1 if out of memory, -2 if a token and -3 if
+ * a target is outside the vocabulary (nothing is computed then). */
+int rnn2gpt_lm_forward(const int64_t *tokens, const float *wte, const float *positions,
+                       int64_t vocab, float *x, const BlockWeights *bw, const BlockSaved *bs,
+                       int64_t layers, const BlockShape *bshape, float *out,
+                       const HeadWeights *hw, const int64_t *targets, const HeadSaved *hs,
+                       float *nll, const HeadShape *hshape) {
+    for (int64_t r = 0; r < hshape->rows; r++)
+        if (targets[r] < 0 || targets[r] >= hshape->vocab) return -3;
+    if (embed(tokens, wte, positions, x, bshape->batch, bshape->steps, bshape->width, vocab,
+              bshape->threads))
+        return -2;
+    if (rnn2gpt_blocks_forward(bw, bs, out, layers, bshape)) return -1;
+    return head_loss(hw, out, targets, hs, nll, hshape);
+}
+
+/* Its backward in one call: d_nll (N) -> the head's gradients hg, each block's bg, and the
+ * embeddings' (d_wte: added to when accumulate, the tied output layer's gradient being there
+ * already; either may be NULL). d_out, d_x: (N, C); between: 2 N C floats; scratch: N (F + 6C)
+ * floats (at least N C). Returns 0, or -1 if out of memory. */
+int rnn2gpt_lm_backward(const int64_t *tokens, const float *d_nll, const HeadWeights *hw,
+                        const float *out, const int64_t *targets, const HeadSaved *hs,
+                        const HeadGrads *hg, const HeadShape *hshape, const BlockWeights *bw,
+                        const BlockSaved *bs, const BlockGrads *bg, int64_t layers,
+                        const BlockShape *bshape, float *d_out, float *d_x, float *between,
+                        float *scratch, float *d_wte, int accumulate, float *d_positions,
+                        int64_t vocab) {
+    if (head_loss_backward(hw, out, targets, hs, d_nll, hg, d_out, scratch, hshape) ||
+        rnn2gpt_blocks_backward(bw, bs, bg, d_out, d_x, between, scratch, layers, bshape))
+        return -1;
+    if (d_wte || d_positions)
+        embed_backward(tokens, d_x, d_wte, accumulate, d_positions, bshape->batch, bshape->steps,
+                       bshape->width, vocab, bshape->threads);
+    return 0;
+}
