@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rnn2gpt.models import native_ops
 from rnn2gpt.training.native_adamw import NativeAdamW, clip_and_step, clip_norm_factor
@@ -194,3 +195,24 @@ def test_it_leaves_torch_dynamo_unimported(c_kernels, path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["1" if path == "C" else "0", "False"]
+
+
+def test_step_hooks_still_run_and_zero_grad_keeps_both_modes():
+    """clip_and_step skips PyTorch's step wrapper only where no hook would miss it."""
+    params = parameters()
+    optimizer = NativeAdamW(groups(params), lr=3e-2)
+    seen = []
+    optimizer.register_step_pre_hook(lambda *a: seen.append("pre"))
+    optimizer.register_step_post_hook(lambda *a: seen.append("post"))
+    global_hook = register_optimizer_step_post_hook(lambda *a: seen.append("global"))
+    try:
+        for p in params:
+            p.grad = torch.ones_like(p)
+        clip_and_step(optimizer, params, 1.0)
+    finally:
+        global_hook.remove()
+    assert seen == ["pre", "post", "global"]
+    optimizer.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in params)
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in params)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.optim.optimizer as optimizer_hooks
 from torch import Tensor, nn
 
 from ..models import native_ops
@@ -133,6 +134,19 @@ class NativeAdamW(torch.optim.AdamW):
             self._native_step(groups, max_grad_norm)
         return None
 
+    def clipped_step(self, max_grad_norm: float) -> None:
+        """``step(max_grad_norm=max_grad_norm)``; where no step hooks are registered, without
+        the wrapper PyTorch puts around every optimizer's ``step`` (a profiler record and the
+        hooks' loops: 0.1 ms of a nanoGPT-size step on an AMD EPYC)."""
+        hooked = (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or optimizer_hooks._global_optimizer_pre_hooks
+            or optimizer_hooks._global_optimizer_post_hooks
+        )
+        step = type(self).step if hooked else _unwrapped(type(self).step)
+        step(self, max_grad_norm=max_grad_norm)
+
     def _native_step(self, groups: list[tuple[dict, list[Tensor]]], max_grad_norm: float) -> None:
         scale = 1.0
         if max_grad_norm > 0:
@@ -165,7 +179,7 @@ def clip_and_step(
     """Clip the gradients of ``parameters`` to total norm ``max_norm`` (0: no clipping) and take
     one optimizer step: in one C pass each for a :class:`NativeAdamW`."""
     if isinstance(optimizer, NativeAdamW):
-        optimizer.step(max_grad_norm=max_norm)
+        optimizer.clipped_step(max_norm)
         return
     if max_norm > 0:
         nn.utils.clip_grad_norm_(parameters, max_norm)

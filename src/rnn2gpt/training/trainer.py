@@ -18,8 +18,7 @@ does any error in the middle of a run, before it propagates. A non-finite loss s
 without saving the diverged model (``best`` and earlier ``last`` stay intact).
 
 Files written in ``out_dir`` (by rank 0 only under DDP): ``best/`` and ``last/`` checkpoints
-and ``metrics.jsonl``; the loss curve is drawn from that log by the caller
-(:func:`rnn2gpt.api.train`).
+and ``metrics.jsonl``; the caller draws the loss curve from that log (:func:`rnn2gpt.api.train`).
 """
 
 from __future__ import annotations
@@ -479,17 +478,18 @@ class Trainer:
             return
         p, lr = self.progress, self.lr
         loss = mean_over_ranks(sum(values) / len(values), self.ctx)
-        seconds = max(p.train_seconds - interval[2], 1e-9)
-        tokens_per_sec = (p.tokens - interval[1]) / seconds
+        tokens_per_sec = (p.tokens - interval[1]) / max(p.train_seconds - interval[2], 1e-9)
         p.last_metrics["train_loss"] = loss
         self._event("train", lr=lr, loss=loss, tokens_per_sec=tokens_per_sec)
+        line = ("step %d: loss %.4f, lr %.3g, %.0f tokens/s", p.step, loss, lr, tokens_per_sec)
+        if bar.disable:  # no bar: the log line says it (and the bar's text is not built)
+            return logger.info(*line)
         postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tokens_per_sec:,.0f}"}
         eta = seconds_left(p.step, p.elapsed, p.tokens, self.config.train)
         if eta is not None:
             postfix["left"] = format_seconds(eta)
         bar.set_postfix(postfix, refresh=False)
-        log = logger.info if bar.disable else logger.debug  # the bar already shows it
-        log("step %d: loss %.4f, lr %.3g, %.0f tokens/s", p.step, loss, lr, tokens_per_sec)
+        logger.debug(*line)  # the bar already shows it
 
     def _event(self, kind: str, **values: Any) -> None:
         p = self.progress
