@@ -33,7 +33,9 @@ A language model with an adaptive softmax output (``model.adaptive_cutoffs``, se
 :mod:`~rnn2gpt.models.adaptive`) has ``computes_nll = True`` and also takes
 ``forward(tokens, state, targets=targets (B, T))``, which returns the negative log-likelihood of
 each target (B, T) in place of the logits, without scoring the whole vocabulary; its logits are
-then log-probabilities. Training and scoring reach it through :func:`next_token_loss`.
+then log-probabilities. Every GPT has ``computes_nll = True`` too: its training forward can run
+from tokens to loss in C (:mod:`~rnn2gpt.models.native_model`). Training and scoring reach them
+through :func:`next_token_loss`.
 
 A recorder (``recorder(name: str, tensor)``), when given, receives internal tensors (attention
 weights, gate activations, hidden states) for the analysis tools; it never changes the output.
@@ -188,7 +190,7 @@ def next_token_loss(
     """Cross-entropy of ``targets`` (B, T) after ``tokens`` (B, T), and the model's next state.
 
     The loss is a fp32 scalar: the mean over the B * T tokens, or their sum. A model whose
-    ``computes_nll`` is True (an adaptive softmax output) scores only what each target needs,
+    ``computes_nll`` is True (an adaptive softmax output, every GPT) scores the targets itself,
     through ``forward(tokens, state, targets=targets)``, which then returns the per-token
     negative log-likelihood (B, T) in place of the logits; any other model from its logits.
     ``model`` may be wrapped (DDP, ``torch.compile``): it is called, never bypassed.

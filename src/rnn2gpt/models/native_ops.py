@@ -250,14 +250,15 @@ def training_path() -> str:
     reason = unavailable_reason()
     if reason is None:
         blocks = (
-            "a C call per block (its products ours or PyTorch's sgemm, whichever a model's "
-            "first passes time faster)"
+            "one C call for the blocks (their products ours or PyTorch's sgemm, whichever a "
+            "model's first passes time faster)"
             if _blas_sgemm() is not None
-            else "a C call per block (our products: PyTorch's library exports no sgemm)"
+            else "one C call for the blocks (our products: PyTorch's library exports no sgemm)"
         )
         return (
             "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
-            f"{blocks} where nothing needs the modules, AdamW's step and clipping in C"
+            f"{blocks} where nothing needs the modules, from the tokens to the loss where the "
+            "ends are plain too, AdamW's step and clipping in C"
         )
     return f"PyTorch's GELU and attention kernels ({reason})"
 

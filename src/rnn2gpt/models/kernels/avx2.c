@@ -7,7 +7,10 @@
  *   attention, forward and backward, for training (models/native_ops.py; see "training kernels");
  * - rnn2gpt_layer_norm(_backward): LayerNorm, for the blocks below;
  * - rnn2gpt_block_forward, rnn2gpt_block_backward: a GPT block for training, on the BLAS sgemm
- *   PyTorch calls (models/native_blocks.py; see "a GPT's blocks for training");
+ *   PyTorch calls or products of ours, and rnn2gpt_blocks_forward/_backward, every block in one
+ *   call (models/native_blocks.py; see "a GPT's blocks for training");
+ * - rnn2gpt_lm_forward, rnn2gpt_lm_backward: a GPT's training forward from tokens to each token's
+ *   loss, the blocks and the ends around them (models/native_model.py; "a GPT's ends");
  * - rnn2gpt_squared_norm, rnn2gpt_adamw: AdamW's step with gradient clipping
  *   (training/native_adamw.py).
  *
