@@ -130,12 +130,15 @@ def test_inside_a_fixed_structure_the_modules_are_checked_once(
             loss_and_grads(model)
         with torch.no_grad():  # checked on every call: no gradient, the module path
             model(X, None, targets=Y)
-    assert finds == [1] and len(loss_calls) == 3
+        _, cache = model(X[:, :4], None, targets=Y[:, :4])  # the fourth call
+        nll, _ = model(X[:, 4:8], cache, targets=Y[:, 4:8])  # not a fresh cache: the modules
+        assert type(nll.grad_fn).__name__ != "NativeLossBackward"
+    assert finds == [1] and len(loss_calls) == 4
     assert structure_memo(model) is None
     # Outside the block every forward looks again: a hook added now is seen.
     model.transformer.h[0].register_forward_hook(lambda *a: None)
     loss_and_grads(model)
-    assert finds == [1, 1] and len(loss_calls) == 3
+    assert finds == [1, 1] and len(loss_calls) == 4
 
 
 def test_where_it_does_not_apply_the_modules_run(make_model, c_kernels, loss_calls):

@@ -127,7 +127,8 @@ def plain_model(
     memo = structure_memo(model)
     parts = None if memo is None else memo.get(model.training)
     if parts is not None:
-        fresh = cache.attention_mask(tokens.shape[1]) == (None, True) and cache.is_fresh(0)
+        mask, is_causal = cache.attention_mask(tokens.shape[1])
+        fresh = mask is None and is_causal and cache.is_fresh(0)
         usable = torch.is_grad_enabled() and recorder is None and fresh
         return parts if usable and native_ops.usable(parts.wte) else None
     parts = _find_parts(model, tokens, cache, recorder)
