@@ -2023,13 +2023,11 @@ static void softmax_nll_rows(float *probs, const int64_t *targets, float *nll, i
 }
 
 /* The loss's forward: x (N, C), the last block's output -> nll (N), each row's cross-entropy
- * against targets (N), filling s. Returns 0, -1 if out of memory, -2 if a target is outside
- * [0, vocab) (nothing is written then). */
+ * against targets (N, each in [0, vocab): rnn2gpt_lm_forward checks them first), filling s.
+ * Returns 0, or -1 if out of memory. */
 static int head_loss(const HeadWeights *w, const float *x, const int64_t *targets,
                      const HeadSaved *s, float *nll, const HeadShape *shape) {
     const int64_t N = shape->rows, C = shape->width, V = shape->vocab, threads = shape->threads;
-    for (int64_t r = 0; r < N; r++)
-        if (targets[r] < 0 || targets[r] >= V) return -2;
     rnn2gpt_layer_norm(x, w->ln_weight, w->ln_bias, s->ln, s->mean, s->rstd, N, C, shape->eps,
                        threads);
     if (linear_forward(s->ln, N, C, w->head_weight, w->head_bias, V, NULL, s->probs, threads))
