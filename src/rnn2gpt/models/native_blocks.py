@@ -229,7 +229,7 @@ class _ProductTrial:
 _TRIALS: dict[tuple[int, ...], _ProductTrial] = {}
 
 
-def _products_for(shape: tuple[int, ...]) -> tuple[str, _ProductTrial | None]:
+def products_for(shape: tuple[int, ...]) -> tuple[str, _ProductTrial | None]:
     """The products a pass over blocks of ``shape`` runs, and the trial to report its time to."""
     forced = native_ops.forced_products()
     if forced is not None or not native_ops.blas_found():
@@ -268,7 +268,7 @@ class BlocksPass:
         self.buffers: list[Tensor | None] = [x.new_empty(self.layout.total) for _ in self.layers]
         self.addresses = [self.layout.addresses(buffer) for buffer in self.buffers]
         shape = (batch * steps, width, inner, n_head, len(self.layers))
-        self.products, self.trial = _products_for(shape)
+        self.products, self.trial = products_for(shape)
         self.seconds = 0.0
 
     def forward_arguments(self, x: Tensor) -> tuple[list[int | None], list[int]]:

@@ -93,6 +93,67 @@ def _pointer(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _forward_call(
+    tokens: int,
+    targets: int,
+    wte: Tensor,
+    positions: Tensor | None,
+    x: int,
+    blocks,
+    out: int,
+    head_weights: ctypes.Array,
+    head_saved: ctypes.Array,
+    nll: int,
+    shape: HeadShape,
+    block_arrays: tuple[ctypes.Array, ctypes.Array],
+) -> None:
+    """``rnn2gpt_lm_forward``: the addresses of tokens and targets (B, T) int64 -> nll (B, T);
+    ``blocks`` a :class:`rnn2gpt.models.native_blocks.BlocksPass` (or alike: its shape, layers
+    and products), ``block_arrays`` its weights' and saved buffers' address arrays."""
+    vocab = wte.shape[0]
+    native_ops.run_products(blocks.products)
+    started = time.perf_counter()
+    status = _library().rnn2gpt_lm_forward(
+        tokens, wte.data_ptr(), _pointer(positions), vocab, x, *block_arrays, len(blocks.layers),
+        ctypes.byref(blocks.shape), out, head_weights, targets, head_saved, nll, ctypes.byref(shape),
+    )  # fmt: skip
+    blocks.seconds = time.perf_counter() - started
+    _check(status, vocab, shape.vocab)
+
+
+def _backward_call(
+    tokens: int,
+    targets: int,
+    d_nll: int,
+    head: tuple[ctypes.Array, ctypes.Array, ctypes.Array],
+    out: int,
+    shape: HeadShape,
+    blocks,
+    block_arrays: tuple[ctypes.Array, ...],
+    d_out: int,
+    d_x: int,
+    between: int,
+    scratch: int,
+    d_wte: int | None,
+    tied: bool,
+    d_positions: int | None,
+    vocab: int,
+) -> float:
+    """``rnn2gpt_lm_backward`` after :func:`_forward_call`: ``head`` the address arrays of the
+    output layer's weights, saved buffers and gradients, ``block_arrays`` the blocks' weights,
+    saved buffers and gradients. Returns the call's seconds."""
+    native_ops.run_products(blocks.products)
+    started = time.perf_counter()
+    status = _library().rnn2gpt_lm_backward(
+        tokens, d_nll, head[0], out, targets, head[1], head[2], ctypes.byref(shape),
+        *block_arrays, len(blocks.layers), ctypes.byref(blocks.shape), d_out, d_x, between,
+        scratch, d_wte, int(tied), d_positions, vocab,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    _check(status, vocab, shape.vocab)
+    return seconds
+
+
 class ModelParts(NamedTuple):
     """The parts :class:`NativeLoss` computes with, as :func:`plain_model` found them."""
 
@@ -200,16 +261,11 @@ class NativeLoss(torch.autograd.Function):
         saved.append(out.new_empty(rows, head_vocab))
         nll = out.new_empty(batch, steps)
         weights = (ln_f_weight, ln_f_bias, head_weight, head_bias)
-        native_ops.run_products(blocks.products)
-        started = time.perf_counter()
-        status = _library().rnn2gpt_lm_forward(
-            tokens.data_ptr(), wte.data_ptr(), _pointer(positions), vocab, x.data_ptr(),
-            _array(block_weights), _array(block_saved), len(blocks.layers),
-            ctypes.byref(blocks.shape), out.data_ptr(), _addresses(weights), targets.data_ptr(),
-            _addresses(saved), nll.data_ptr(), ctypes.byref(shape),
+        _forward_call(
+            tokens.data_ptr(), targets.data_ptr(), wte, positions, x.data_ptr(), blocks,
+            out.data_ptr(), _addresses(weights), _addresses(saved), nll.data_ptr(), shape,
+            (_array(block_weights), _array(block_saved)),
         )  # fmt: skip
-        blocks.seconds = time.perf_counter() - started
-        _check(status, vocab, head_vocab)
         ctx.blocks, ctx.x, ctx.out, ctx.saved = blocks, x, out, saved
         ctx.tokens, ctx.targets, ctx.weights, ctx.shape = tokens, targets, weights, shape
         ctx.tied = head_weight is wte
@@ -248,22 +304,136 @@ class NativeLoss(torch.autograd.Function):
         d_out = torch.empty_like(out)
         block_grads, d_x, between, scratch = blocks.backward_buffers(d_out, needs[10:])
         block_saved = [a for addresses in blocks.addresses for a in addresses]
-        native_ops.run_products(blocks.products)
-        started = time.perf_counter()
-        status = _library().rnn2gpt_lm_backward(
-            ctx.tokens.data_ptr(), d_nll.data_ptr(), _addresses(ctx.weights), out.data_ptr(),
-            ctx.targets.data_ptr(), _addresses(ctx.saved), _addresses(head_grads),
-            ctypes.byref(ctx.shape), _array(blocks.weights), _array(block_saved), _addresses(block_grads),
-            len(blocks.layers), ctypes.byref(blocks.shape), d_out.data_ptr(), d_x.data_ptr(),
-            between.data_ptr(), scratch.data_ptr(), _pointer(d_wte), int(tied),
-            _pointer(d_positions), ctx.wte_shape[0],
+        head = (_addresses(ctx.weights), _addresses(ctx.saved), _addresses(head_grads))
+        seconds = _backward_call(
+            ctx.tokens.data_ptr(), ctx.targets.data_ptr(), d_nll.data_ptr(), head,
+            out.data_ptr(), ctx.shape, blocks,
+            (_array(blocks.weights), _array(block_saved), _addresses(block_grads)),
+            d_out.data_ptr(), d_x.data_ptr(), between.data_ptr(), scratch.data_ptr(),
+            _pointer(d_wte), tied, _pointer(d_positions), ctx.wte_shape[0],
         )  # fmt: skip
-        blocks.finish(time.perf_counter() - started)
-        _check(status, ctx.wte_shape[0], head_w.shape[0])
+        blocks.finish(seconds)
         ctx.blocks = ctx.x = ctx.out = ctx.saved = None  # the activations go now
         if tied:
             head_grads[2] = None
         return (None, None, None, None, d_wte, d_positions, *head_grads, *block_grads)
+
+
+class FixedLossPass:
+    """A GPT's loss and every trainable parameter's gradient for batches of one shape (B, T),
+    without autograd: :class:`NativeLoss`'s two C calls over buffers allocated once, their
+    addresses gathered once. For a training loop that holds the model's structure fixed
+    (:func:`rnn2gpt.models.base.fixed_structure`): the parameters must stay where they are.
+
+    Why: around the C calls, autograd and the per-call buffers cost 1-1.5 ms of a 33 ms
+    nanoGPT-size step on an AMD EPYC (the engine, the function's 45 inputs, 37 gradients handed
+    to ``AccumulateGrad`` one by one, 40 allocations; benchmarks/RESULTS.md). The numbers are the
+    same bits as :class:`NativeLoss` followed by ``nll.mean().backward()``: the same C calls, and
+    the mean's gradient ``1 / (B T)`` computed as autograd's is.
+
+    :attr:`grads` maps each trainable parameter to its gradient, overwritten by every
+    :meth:`run`; ``param.grad`` is left alone.
+    """
+
+    def __init__(self, model: nn.Module, parts: ModelParts, batch: int, steps: int) -> None:
+        config = model.config
+        wte, positions = parts.wte, parts.positions
+        ln_f, head = parts.ln_f._parameters, parts.lm_head._parameters
+        vocab, width = wte.shape
+        rows = batch * steps
+        self.shape_bt = (batch, steps)
+        self.wte, self.positions, self.vocab = wte, positions, vocab
+        self.x = wte.new_empty(batch, steps, width)
+        self.blocks = native_blocks.BlocksPass(
+            self.x, config.n_head, config.layer_norm_eps, parts.blocks
+        )
+        block_weights, block_saved = self.blocks.forward_arguments(self.x)
+        self.trial_shape = (
+            rows,
+            width,
+            self.blocks.shape.inner,
+            config.n_head,
+            len(self.blocks.layers),
+        )
+        self.out = torch.empty_like(self.x)
+        head_weights = (ln_f["weight"], ln_f.get("bias"), head["weight"], head.get("bias"))
+        self.head_shape = HeadShape(
+            rows, width, head["weight"].shape[0], self.blocks.shape.threads, config.layer_norm_eps
+        )
+        self.head_saved = [
+            self.out.new_empty(rows, width),
+            self.out.new_empty(rows),
+            self.out.new_empty(rows),
+        ]
+        self.head_saved.append(self.out.new_empty(rows, head["weight"].shape[0]))
+        self.nll = self.out.new_empty(batch, steps)
+        # The mean's gradient, as autograd's MeanBackward computes it (float32 1 / (B T)).
+        self.d_nll = torch.ones(batch, steps).div_(rows)
+        self.tied = head["weight"] is wte
+        # One gradient buffer per trainable parameter (a tied output layer shares the
+        # embedding's: the C backward adds the two).
+        self.grads: dict[Tensor, Tensor] = {}
+
+        def grad_of(param: Tensor | None) -> Tensor | None:
+            if param is None or not param.requires_grad:
+                return None
+            if param not in self.grads:
+                self.grads[param] = torch.zeros_like(param)  # positions past T stay zero
+            return self.grads[param]
+
+        d_wte, d_positions = grad_of(wte), grad_of(positions)
+        head_grads = [grad_of(t) for t in head_weights]
+        block_grads = [grad_of(t) for t in parts.blocks]
+        self.d_out = torch.empty_like(self.out)
+        self.d_x = torch.empty_like(self.out)
+        self.between = self.out.new_empty(2 * self.out.numel())
+        self.scratch = self.out.new_empty(self.blocks.layout.scratch)
+        self.forward_arrays = (_array(block_weights), _array(block_saved))
+        self.head_weights, self.head_saved_at = (
+            _addresses(head_weights),
+            _addresses(self.head_saved),
+        )
+        self.head = (self.head_weights, self.head_saved_at, _addresses(head_grads))
+        self.backward_arrays = (*self.forward_arrays, _addresses(block_grads))
+        self.d_wte, self.d_positions = _pointer(d_wte), _pointer(d_positions)
+
+    def run(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """tokens, targets (B, T) int64 -> the mean loss (0-d), every gradient in :attr:`grads`."""
+        tokens, targets = tokens.contiguous(), targets.contiguous()
+        blocks = self.blocks
+        blocks.products, trial = native_blocks.products_for(self.trial_shape)
+        at_tokens, at_targets = tokens.data_ptr(), targets.data_ptr()
+        _forward_call(
+            at_tokens, at_targets, self.wte, self.positions, self.x.data_ptr(), blocks,
+            self.out.data_ptr(), self.head_weights, self.head_saved_at, self.nll.data_ptr(),
+            self.head_shape, self.forward_arrays,
+        )  # fmt: skip
+        seconds = _backward_call(
+            at_tokens, at_targets, self.d_nll.data_ptr(), self.head, self.out.data_ptr(),
+            self.head_shape, blocks, self.backward_arrays, self.d_out.data_ptr(),
+            self.d_x.data_ptr(), self.between.data_ptr(), self.scratch.data_ptr(), self.d_wte,
+            self.tied, self.d_positions, self.vocab,
+        )  # fmt: skip
+        if trial is not None:
+            trial.record(blocks.products, blocks.seconds + seconds)
+        return self.nll.mean()
+
+
+def fixed_loss_pass(model: nn.Module, batch: int, steps: int) -> FixedLossPass | None:
+    """A :class:`FixedLossPass` for the GPT ``model`` in its training mode and batches (B, T),
+    where :class:`NativeLoss` would serve its forward with targets, and nothing replaced the
+    forward it bypasses (a subclass, or a ``forward`` set on the instance); else None."""
+    from .gpt import GPT  # here: the gpt module imports this one
+
+    if type(model) is not GPT or "forward" in vars(model) or model.cutoffs:
+        return None
+    tokens = torch.zeros(batch, steps, dtype=torch.long)
+    cache = KVCache.empty(model.config.n_layer, batch, model.config.block_size)
+    with torch.enable_grad():
+        parts = _find_parts(model, tokens, cache, None)
+        if parts is None or not native_ops.usable(parts.wte):
+            return None
+    return FixedLossPass(model, parts, batch, steps)
 
 
 def model_loss(
@@ -281,4 +451,11 @@ def model_loss(
     return nll
 
 
-__all__ = ["ModelParts", "NativeLoss", "model_loss", "plain_model"]
+__all__ = [
+    "FixedLossPass",
+    "ModelParts",
+    "NativeLoss",
+    "fixed_loss_pass",
+    "model_loss",
+    "plain_model",
+]

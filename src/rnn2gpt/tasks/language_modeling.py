@@ -96,6 +96,13 @@ class LanguageModelTask:
     def batch(self, index: int) -> Any:
         return self.batches.get(index)
 
+    @property
+    def plain_windows(self) -> bool:
+        """Whether every training batch is a pair of token windows (x, y) whose loss is
+        ``next_token_loss``'s mean with nothing carried: what a fused step may compute instead
+        (:mod:`rnn2gpt.training.fused_step`)."""
+        return not self.stream
+
     def loss(self, model: nn.Module, batch: Any, state: Any) -> tuple[torch.Tensor, int, Any]:
         """Mean next-token cross-entropy of a batch; the state to carry (streams) or None."""
         x, y = batch[0], batch[1]

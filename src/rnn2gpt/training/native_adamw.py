@@ -138,13 +138,7 @@ class NativeAdamW(torch.optim.AdamW):
         """``step(max_grad_norm=max_grad_norm)``; where no step hooks are registered, without
         the wrapper PyTorch puts around every optimizer's ``step`` (a profiler record and the
         hooks' loops: 0.1 ms of a nanoGPT-size step on an AMD EPYC)."""
-        hooked = (
-            self._optimizer_step_pre_hooks
-            or self._optimizer_step_post_hooks
-            or optimizer_hooks._global_optimizer_pre_hooks
-            or optimizer_hooks._global_optimizer_post_hooks
-        )
-        step = type(self).step if hooked else _unwrapped(type(self).step)
+        step = type(self).step if self.hooked() else _unwrapped(type(self).step)
         step(self, max_grad_norm=max_grad_norm)
 
     def _native_step(self, groups: list[tuple[dict, list[Tensor]]], max_grad_norm: float) -> None:
@@ -168,6 +162,70 @@ class NativeAdamW(torch.optim.AdamW):
                 weight_decay=group["weight_decay"],
                 grad_scale=scale,
             )
+
+    def hooked(self) -> bool:
+        """Whether a step hook, this optimizer's own or a global one, is registered."""
+        return bool(
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or optimizer_hooks._global_optimizer_pre_hooks
+            or optimizer_hooks._global_optimizer_post_hooks
+        )
+
+    def fixed_update(self, grads: dict[Tensor, Tensor]) -> Callable[[float], None] | None:
+        """The clipped step over gradients kept in fixed buffers (``grads``: each parameter's,
+        where ``param.grad`` is not used), its C calls' argument arrays built once: a function of
+        ``max_grad_norm`` (0: no clipping) that does what :meth:`clipped_step` does with those
+        gradients in ``param.grad``, to the bit. None where the C path does not apply (see
+        :meth:`_native_groups`), or where a parameter without a buffer would need a gradient."""
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p in grads]
+            if any(p.requires_grad and p not in grads for p in group["params"]):
+                return None
+            groups.append((group, params))
+        for p, grad in grads.items():
+            p.grad = grad  # for the checks below only
+        try:
+            checked = self._native_groups()
+        finally:
+            for p in grads:
+                p.grad = None
+        if checked is None or self.defaults["differentiable"]:
+            return None
+        library, threads = native_ops._library(), torch.get_num_threads()
+        every = [grads[p] for _, params in groups for p in params]
+        norm_arguments = (
+            native_ops._pointers(every),
+            native_ops._sizes(every),
+            len(every),
+            threads,
+        )
+        updates = []
+        for group, params in groups:
+            if not params:
+                continue
+            states = [self._state_of(p) for p in params]
+            tensors = (params, [grads[p] for p in params])
+            tensors += tuple([s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "step"))
+            arrays = tuple(native_ops._pointers(t) for t in tensors)
+            updates.append((group, (*arrays, native_ops._sizes(params), len(params))))
+
+        def update(max_grad_norm: float) -> None:
+            scale = 1.0
+            if max_grad_norm > 0:
+                total = library.rnn2gpt_squared_norm(*norm_arguments)
+                if total < 0:
+                    raise MemoryError("the C norm kernel could not allocate its scratch memory")
+                scale = clip_norm_factor(math.sqrt(total), max_grad_norm)
+            for group, arrays in updates:
+                (beta1, beta2), lr = group["betas"], float(group["lr"])
+                status = library.rnn2gpt_adamw(
+                    *arrays, lr, beta1, beta2, group["eps"], group["weight_decay"], scale, threads
+                )
+                native_ops._check(status)
+
+        return update
 
     def _params_with_grads(self) -> Iterable[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]

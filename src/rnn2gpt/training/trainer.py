@@ -48,6 +48,7 @@ from .distributed import (
     setup_distributed,
     wrap_model,
 )
+from .fused_step import fused_step
 from .log import METRICS_FILE, MetricsLog, format_seconds, logging_redirect, progress_bar
 from .native_adamw import clip_and_step
 from .optim import lr_at, progress_fraction, set_lr
@@ -157,6 +158,7 @@ class Trainer:
         interrupted, stop_reason = False, ""
         try:
             with logging_redirect(shown), fixed_structure(self.model):
+                self.fused = fused_step(self.parts, self.compiler.module, self.ctx.enabled)
                 while True:
                     self._tick()
                     interrupted, stop_reason, eval_due = self._should_stop(sigint, interrupt)
@@ -248,6 +250,9 @@ class Trainer:
         total: torch.Tensor | None = None
         tokens = 0
         first = self.progress.step * accum
+        if self.fused and (loss := self.fused(self.task.batch(first), self.compiler)) is not None:
+            self.step_tokens = self.fused.tokens  # the whole step in C, where it applies
+            return loss
         for micro in range(accum):
             batch = self.task.batch(first + micro)
             sync = micro == accum - 1 or not self.ctx.enabled
@@ -305,8 +310,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and test
 
     def _timed(self, work: Callable[[], Any]) -> Any:
-        """``work()`` (an evaluation), its time kept out of the training time; the clocks are
-        brought up to date before and after."""
+        """``work()`` (an evaluation), its time kept out of the training time (clocks updated)."""
         started = time.perf_counter()
         self._tick()
         try:
@@ -419,11 +423,7 @@ class Trainer:
         """Optimizer, counters, RNG and carried state from the ``last`` checkpoint."""
         assert self.parts.resumed is not None
         self.progress, self.pending, self.carried = restore(
-            self.parts.resumed,
-            self.optimizer,
-            self.model,
-            self.config.train.batch_size,
-            self.ctx,
+            self.parts.resumed, self.optimizer, self.model, self.config.train.batch_size, self.ctx
         )
 
     # ------------------------------------------------------------------ logging and checks
