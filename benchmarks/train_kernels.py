@@ -33,6 +33,10 @@ sgemm ``torch.mm`` calls (MKL) and the timed choice of ``native_blocks``. (Timed
 product of ours pays 10-30 us of ctypes and argument handling that ``torch.mm`` does not, a
 tenth of the smaller ones: the products alone were compared from C, see benchmarks/RESULTS.md.)
 
+With ``--fused``, whole steps (no biases) alternating the trainer's autograd step (the loss with
+targets, ``backward()``, ``clip_and_step``) with the fused step of ``training/fused_step.py`` (the
+same C calls without autograd, over buffers made once), each on its own copy of the model.
+
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
 thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
@@ -45,6 +49,7 @@ than the kernels.
     python benchmarks/train_kernels.py --blocks [--rounds 20]
     python benchmarks/train_kernels.py --optimizer [--rounds 20]
     python benchmarks/train_kernels.py --products [--rounds 20]
+    python benchmarks/train_kernels.py --fused [--rounds 20]
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -57,6 +62,7 @@ import json
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +70,8 @@ import torch.nn.functional as F
 from rnn2gpt.config import ModelConfig
 from rnn2gpt.hardware import cpu_capability, cpu_model
 from rnn2gpt.models import build_model, native_blocks, native_ops
+from rnn2gpt.models.base import fixed_structure, next_token_loss
+from rnn2gpt.training.fused_step import FusedStep
 from rnn2gpt.training.memory import hold_freed_memory
 from rnn2gpt.training.native_adamw import NativeAdamW, clip_and_step
 
@@ -123,9 +131,9 @@ def kernels(shape: dict, batch: int, steps: int) -> dict[str, float]:
     return {name: round(median_us(case)) for name, case in cases.items()}
 
 
-def training_step(shape: dict, batch: int, steps: int, bias: bool = True, optimizer_class=None):
-    """One whole training step of a fresh GPT (forward, backward, clipping, AdamW: the
-    trainer's NativeAdamW, or ``optimizer_class``) on a fixed random batch, as a closure."""
+def fresh_gpt(shape: dict, steps: int, bias: bool = True, optimizer_class=None):
+    """A fresh GPT (seed 0) in training mode and its optimizer: the trainer's NativeAdamW, or
+    ``optimizer_class``."""
     torch.manual_seed(0)
     config = ModelConfig(
         arch="gpt", vocab_size=VOCAB, block_size=steps, dropout=0.0, bias=bias, **shape
@@ -134,6 +142,13 @@ def training_step(shape: dict, batch: int, steps: int, bias: bool = True, optimi
     optimizer = (optimizer_class or NativeAdamW)(
         model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True
     )
+    return model, optimizer
+
+
+def training_step(shape: dict, batch: int, steps: int, bias: bool = True, optimizer_class=None):
+    """One whole training step of a fresh GPT (forward, backward, clipping, AdamW: the
+    trainer's NativeAdamW, or ``optimizer_class``) on a fixed random batch, as a closure."""
+    model, optimizer = fresh_gpt(shape, steps, bias, optimizer_class)
     tokens = torch.randint(0, VOCAB, (batch, steps + 1))
 
     def step() -> None:
@@ -312,6 +327,45 @@ def products_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_
     }
 
 
+def fused_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
+    """Whole steps of two copies of the GPT (no biases), alternating: the trainer's autograd step
+    (the loss with targets, ``backward()``, ``clip_and_step``) against the fused step without
+    autograd (``training/fused_step.py``)."""
+    tokens = torch.randint(0, VOCAB, (batch, steps + 1))
+    batch_xy = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    model, optimizer = fresh_gpt(shape, steps, bias=False)
+
+    def autograd_step() -> None:
+        loss, _ = next_token_loss(model, *batch_xy)
+        loss.backward()
+        clip_and_step(optimizer, model.parameters(), 1.0)
+        optimizer.zero_grad(set_to_none=True)
+
+    fused_model, fused_optimizer = fresh_gpt(shape, steps, bias=False)
+    fused, compiler = (
+        FusedStep(fused_model, fused_optimizer, 1.0),
+        SimpleNamespace(module=fused_model),
+    )
+
+    def fused_step() -> None:
+        if fused(batch_xy, compiler) is None:
+            raise SystemExit("the fused step does not apply here")
+
+    chosen = {"step": autograd_step}
+    modes = {
+        "autograd": functools.partial(chosen.__setitem__, "step", autograd_step),
+        "fused": functools.partial(chosen.__setitem__, "step", fused_step),
+    }
+    with fixed_structure(model):  # as the trainer's loop holds it
+        times = alternate(lambda: chosen["step"](), modes, rounds, per_round)
+    ratios = [a / f for a, f in zip(times["autograd"], times["fused"])]
+    return {
+        "autograd ms/step": round(statistics.median(times["autograd"]), 2),
+        "fused ms/step": round(statistics.median(times["fused"]), 2),
+        "speedup": round(statistics.median(ratios), 3),
+    }
+
+
 def trainer_side_by_side(steps: int) -> dict[str, float]:
     import tempfile
     import threading
@@ -378,6 +432,7 @@ def main() -> None:
     )
     parser.add_argument("--optimizer", action="store_true", help="C AdamW against PyTorch's")
     parser.add_argument("--products", action="store_true", help="our products against MKL's")
+    parser.add_argument("--fused", action="store_true", help="the fused step against autograd's")
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
@@ -391,6 +446,7 @@ def main() -> None:
         "blocks": blocks_side_by_side,
         "optimizer": optimizer_side_by_side,
         "products": products_side_by_side,
+        "fused": fused_side_by_side,
     }
     for flag, comparison in chosen.items():
         if getattr(args, flag):

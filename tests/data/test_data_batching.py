@@ -39,6 +39,25 @@ def test_window_batches_depend_only_on_seed_and_step():
     assert not torch.equal(a.get(0)[0], WindowBatches(ids, 3, 8, seed=8).get(0)[0])
 
 
+def test_batches_drawn_ahead_are_each_steps_own(monkeypatch):
+    from rnn2gpt.data import batching
+
+    big = WindowBatches(np.arange(10**6), 64, 1023, seed=0)
+    assert big._steps_ahead == 16  # at most AHEAD_TOKENS ids ahead
+    monkeypatch.setattr(batching, "AHEAD_STEPS", 4)
+    ids = np.arange(1000, dtype=np.int64)
+    ahead = WindowBatches(ids, 3, 8, seed=7)
+    draws = []
+    real = ahead._draw
+    monkeypatch.setattr(ahead, "_draw", lambda step: draws.append(step) or real(step))
+    got = [ahead.get(step) for step in (*range(10), 3, 2)]  # past a block, then back
+    assert draws == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 3, 4, 5, 6, 2, 3, 4, 5]
+    for step, (x, y) in zip((*range(10), 3, 2), got):
+        alone = WindowBatches(ids, 3, 8, seed=7)  # a fresh one draws this step first
+        expected = alone.get(step)
+        assert torch.equal(x, expected[0]) and torch.equal(y, expected[1]), step
+
+
 def test_window_ranks_draw_different_windows():
     ids = np.arange(10_000)
     r0 = WindowBatches(ids, 4, 8, seed=1, rank=0, world_size=2).get(3)[0]

@@ -22,12 +22,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # x, y: LongTensor (B, T)
 EvalBatch = tuple[torch.Tensor, torch.Tensor, bool]  # x, y, reset
 
 
+# Token ids WindowBatches draws ahead at most (8 MB of int64): the batches of the next steps are
+# drawn together, with the interpreter's objects warm, where one batch per step after the
+# model's C calls cost 271 us against 45 us alone (benchmarks/RESULTS.md, issue 14's eleventh
+# part). Each batch is still a function of its step alone.
+AHEAD_TOKENS = 1 << 20
+AHEAD_STEPS = 32
+
+
 class WindowBatches:
     """Independent random windows of ``seq_len + 1`` tokens, for models without carried state.
 
     ``get(step)`` draws ``batch_size`` window starts uniformly from a generator seeded by
     ``(seed, rank, step)`` only: the same step always gives the same batch, and distributed
-    ranks draw different windows.
+    ranks draw different windows. Steps are drawn up to :data:`AHEAD_STEPS` at a time (a call
+    for a step not drawn yet draws it and the ones after it).
     """
 
     def __init__(
@@ -51,11 +60,20 @@ class WindowBatches:
         _require_window(len(self.ids), seq_len, name)
         # Window offsets 0..T, added to the starts to build a (B, T + 1) index in one go.
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+        self._ahead: dict[int, Batch] = {}
+        self._steps_ahead = max(1, min(AHEAD_STEPS, AHEAD_TOKENS // (batch_size * (seq_len + 1))))
 
     def get(self, step: int) -> Batch:
         """Batch number ``step``: x, y LongTensors (B, T), y being x shifted left by one token."""
         if step < 0:
             raise ValueError(f"step must be >= 0 (got {step})")
+        batch = self._ahead.pop(step, None)
+        if batch is None:
+            self._ahead = {s: self._draw(s) for s in range(step, step + self._steps_ahead)}
+            batch = self._ahead.pop(step)
+        return batch
+
+    def _draw(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, self.rank, step])
         starts = rng.integers(0, len(self.ids) - self.seq_len, size=self.batch_size)
         windows = self.ids[starts[:, None] + self._offsets]  # (B, T + 1)

@@ -258,7 +258,8 @@ def training_path() -> str:
         return (
             "the exact GELU and causal attention in C (fp32, outside autocast and compile), "
             f"{blocks} where nothing needs the modules, from the tokens to the loss where the "
-            "ends are plain too, AdamW's step and clipping in C"
+            "ends are plain too, AdamW's step and clipping in C, and the whole step without "
+            "autograd where nothing else would see it (one process, no accumulation or hooks)"
         )
     return f"PyTorch's GELU and attention kernels ({reason})"
 
