@@ -289,18 +289,21 @@ def optimizer_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per
     NativeAdamW, the other by PyTorch's fused AdamW after ``clip_grad_norm_``, alternating."""
     ours = training_step(shape, batch, steps, bias=False)
     theirs = training_step(shape, batch, steps, bias=False, optimizer_class=torch.optim.AdamW)
-    chosen = {"step": ours}
+    return two_steps({"C AdamW": ours, "PyTorch AdamW": theirs}, rounds, per_round)
+
+
+def two_steps(steps: dict, rounds: int, per_round: int) -> dict[str, float]:
+    """Two step functions (name -> step), alternating: each one's ms per step and the first's
+    speedup over the second (the median of the per-round ratios)."""
+    chosen = {"step": next(iter(steps.values()))}
     modes = {
-        "C": functools.partial(chosen.__setitem__, "step", ours),
-        "PyTorch": functools.partial(chosen.__setitem__, "step", theirs),
+        name: functools.partial(chosen.__setitem__, "step", step) for name, step in steps.items()
     }
     times = alternate(lambda: chosen["step"](), modes, rounds, per_round)
-    ratios = [p / c for c, p in zip(times["C"], times["PyTorch"])]
-    return {
-        "C AdamW ms/step": round(statistics.median(times["C"]), 2),
-        "PyTorch AdamW ms/step": round(statistics.median(times["PyTorch"]), 2),
-        "speedup": round(statistics.median(ratios), 3),
-    }
+    (first, ours), (second, theirs) = times.items()
+    row = {f"{name} ms/step": round(statistics.median(t), 2) for name, t in times.items()}
+    row["speedup"] = round(statistics.median(t / o for o, t in zip(ours, theirs)), 3)
+    return row
 
 
 def products_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_round: int):
@@ -351,19 +354,8 @@ def fused_side_by_side(shape: dict, batch: int, steps: int, rounds: int, per_rou
         if fused(batch_xy, compiler) is None:
             raise SystemExit("the fused step does not apply here")
 
-    chosen = {"step": autograd_step}
-    modes = {
-        "autograd": functools.partial(chosen.__setitem__, "step", autograd_step),
-        "fused": functools.partial(chosen.__setitem__, "step", fused_step),
-    }
     with fixed_structure(model):  # as the trainer's loop holds it
-        times = alternate(lambda: chosen["step"](), modes, rounds, per_round)
-    ratios = [a / f for a, f in zip(times["autograd"], times["fused"])]
-    return {
-        "autograd ms/step": round(statistics.median(times["autograd"]), 2),
-        "fused ms/step": round(statistics.median(times["fused"]), 2),
-        "speedup": round(statistics.median(ratios), 3),
-    }
+        return two_steps({"fused": fused_step, "autograd": autograd_step}, rounds, per_round)
 
 
 def trainer_side_by_side(steps: int) -> dict[str, float]:
