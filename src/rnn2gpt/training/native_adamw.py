@@ -184,13 +184,14 @@ class NativeAdamW(torch.optim.AdamW):
             if any(p.requires_grad and p not in grads for p in group["params"]):
                 return None
             groups.append((group, params))
+        before = {p: p.grad for p in grads}
         for p, grad in grads.items():
             p.grad = grad  # for the checks below only
         try:
             checked = self._native_groups()
         finally:
-            for p in grads:
-                p.grad = None
+            for p, grad in before.items():
+                p.grad = grad
         if checked is None or self.defaults["differentiable"]:
             return None
         library, threads = native_ops._library(), torch.get_num_threads()
