@@ -37,6 +37,15 @@ With ``--fused``, whole steps (no biases) alternating the trainer's autograd ste
 targets, ``backward()``, ``clip_and_step``) with the fused step of ``training/fused_step.py`` (the
 same C calls without autograd, over buffers made once), each on its own copy of the model.
 
+With ``--floor``, what PyTorch's own kernels cannot go below (run it under the AVX2 emulation to
+see the emulated side of ``train_vs_peers.py nanogpt``, where our C kernels are off): the step's
+matrix products alone (each linear layer's forward, input gradient and weight gradient, ``torch.mm``
+on fresh tensors, no biases) and its causal attention alone (``scaled_dot_product_attention``
+forward and backward), median milliseconds per step; beside them the GELU's forward and backward,
+and the whole step as the trainer runs it with the fast paths off (the GPT's modules, autograd,
+clipping and PyTorch's fused AdamW). Run with ``ATEN_CPU_CAPABILITY=avx2`` and friends, it bounds
+the emulated whole run from below: no arrangement of PyTorch's operations does less work.
+
 With ``--trainer``, also the real thing: ``rnn2gpt train`` in nanoGPT's configuration (the
 settings of ``train_vs_peers.py nanogpt``) in this process for ``--trainer-steps`` steps, with a
 thread flipping ``RNN2GPT_FASTPATHS`` between auto and off every 1.5 s; each step is timed and
@@ -50,6 +59,8 @@ than the kernels.
     python benchmarks/train_kernels.py --optimizer [--rounds 20]
     python benchmarks/train_kernels.py --products [--rounds 20]
     python benchmarks/train_kernels.py --fused [--rounds 20]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/train_kernels.py --floor
 
 Benchmark one job at a time: two on two cores slow each other far more than 2x.
 """
@@ -412,6 +423,49 @@ def trainer_side_by_side(steps: int) -> dict[str, float]:
     }
 
 
+def pytorch_floor(shape: dict, batch: int, steps: int) -> dict[str, float]:
+    """Milliseconds per training step of the step's matrix products alone, of its attention
+    alone (both PyTorch's kernels, forward and backward), of its GELU, and of the whole step with
+    the fast paths off (median over 30 calls each)."""
+    rows, width, layers, heads = batch * steps, shape["n_embd"], shape["n_layer"], shape["n_head"]
+    # (inputs, outputs, how many) of every linear layer: qkv, attention out, MLP in, MLP out, head
+    linears = [(width, 3 * width, layers), (width, width, layers), (width, 4 * width, layers)]
+    linears += [(4 * width, width, layers), (width, VOCAB, 1)]
+    products = 0.0
+    for fan_in, fan_out, count in linears:
+        x, w = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in)
+        d_y = torch.randn(rows, fan_out)
+        forward = median_us(lambda: torch.mm(x, w.t()))  # noqa: B023 (called here, not later)
+        d_x = median_us(lambda: torch.mm(d_y, w))  # noqa: B023
+        d_w = median_us(lambda: torch.mm(d_y.t(), x))  # noqa: B023
+        products += count * (forward + d_x + d_w) / 1e3
+    q, k, v = (
+        torch.randn(batch, heads, steps, width // heads, requires_grad=True) for _ in range(3)
+    )
+    d_y = torch.randn(batch, heads, steps, width // heads)
+
+    def attention() -> None:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(d_y)
+
+    attend = layers * median_us(attention) / 1e3
+    h = torch.randn(rows, 4 * width, requires_grad=True)
+    d_h = torch.randn(rows, 4 * width)
+    gelu = layers * median_us(lambda: F.gelu(h).backward(d_h)) / 1e3
+    os.environ["RNN2GPT_FASTPATHS"] = "off"
+    try:
+        whole = median_us(training_step(shape, batch, steps, bias=False)) / 1e3
+    finally:
+        os.environ["RNN2GPT_FASTPATHS"] = "auto"
+    return {
+        "products ms/step": round(products, 2),
+        "attention ms/step": round(attend, 2),
+        "floor ms/step": round(products + attend, 2),
+        "GELU ms/step": round(gelu, 2),
+        "whole step, fast paths off, ms": round(whole, 2),
+        "floor s per 2,000 steps": round(2 * (products + attend), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -425,9 +479,17 @@ def main() -> None:
     parser.add_argument("--optimizer", action="store_true", help="C AdamW against PyTorch's")
     parser.add_argument("--products", action="store_true", help="our products against MKL's")
     parser.add_argument("--fused", action="store_true", help="the fused step against autograd's")
+    parser.add_argument(
+        "--floor", action="store_true", help="PyTorch's products and attention alone"
+    )
     args = parser.parse_args()
     os.environ["RNN2GPT_FASTPATHS"] = "auto"
     hold_freed_memory()  # as the trainer does on a CPU: steps reuse freed memory
+    if args.floor:  # PyTorch's kernels only: it needs none of ours
+        print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads")
+        for name, (shape, batch, steps) in SHAPES.items():
+            print(json.dumps({"shape": name, **pytorch_floor(shape, batch, steps)}))
+        return
     if native_ops.unavailable_reason() is not None:
         raise SystemExit(f"the C kernels do not run here: {native_ops.unavailable_reason()}")
     print(f"{cpu_model()}, PyTorch at {cpu_capability()}, {torch.get_num_threads()} threads, fp32")

@@ -774,54 +774,59 @@ static void rows_times_columns(const float *x, int64_t x_stride, int64_t rows, c
     }
 }
 
-/* out (dim) = sum_{j < count} w[j] v_j (+ out with accumulate), v_j = v + j v_stride: the
- * weighted sum of rows, 32 features at a time in registers, even and odd j in separate
- * accumulators (two FMA chains per vector hide the FMA latency). */
-static void weighted_rows(const float *w, int64_t count, const float *v, int64_t v_stride,
-                          int64_t dim, float *out, int accumulate) {
+/* Up to four weighted sums of the same rows at once: out_r (dim) = factor_r sum_{j < count}
+ * w_r[j] v_j for r < rows, where w_r = w + r w_stride, out_r = out + r out_stride, v_j = v + j
+ * v_stride, and factor_r = factors[r] (factors NULL: 1). Each load of v serves the four rows (a
+ * row at a time loads every v_j once per row): sixteen features of four rows, eight FMA chains,
+ * per pass over j. Rows past ``rows`` repeat row 0 and are not stored. */
+static void weighted_rows_four(const float *w, int64_t w_stride, int64_t rows, int64_t count,
+                               const float *v, int64_t v_stride, int64_t dim, float *out,
+                               int64_t out_stride, const float *factors) {
+    const float *w0 = w, *w1 = w + (rows > 1 ? w_stride : 0), *w2 = w + (rows > 2 ? 2 * w_stride : 0);
+    const float *w3 = w + (rows > 3 ? 3 * w_stride : 0);
+    float scale[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    for (int64_t r = 0; factors && r < rows; r++) scale[r] = factors[r];
     int64_t d = 0;
-    for (; d + 32 <= dim; d += 32) {
+    for (; d + 16 <= dim; d += 16) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        int64_t j = 0;
-        for (; j + 2 <= count; j += 2) {
-            const float *vj = v + j * v_stride + d, *vk = vj + v_stride;
-            __m256 wj = _mm256_set1_ps(w[j]), wk = _mm256_set1_ps(w[j + 1]);
-            a0 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj), a0);
-            a1 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8), a1);
-            a2 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 16), a2);
-            a3 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 24), a3);
-            b0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk), b0);
-            b1 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 8), b1);
-            b2 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 16), b2);
-            b3 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 24), b3);
+        const float *vj = v + d;
+        for (int64_t j = 0; j < count; j++, vj += v_stride) {
+            const __m256 va = _mm256_loadu_ps(vj), vb = _mm256_loadu_ps(vj + 8);
+            __m256 x = _mm256_broadcast_ss(w0 + j);
+            a0 = _mm256_fmadd_ps(x, va, a0), b0 = _mm256_fmadd_ps(x, vb, b0);
+            x = _mm256_broadcast_ss(w1 + j);
+            a1 = _mm256_fmadd_ps(x, va, a1), b1 = _mm256_fmadd_ps(x, vb, b1);
+            x = _mm256_broadcast_ss(w2 + j);
+            a2 = _mm256_fmadd_ps(x, va, a2), b2 = _mm256_fmadd_ps(x, vb, b2);
+            x = _mm256_broadcast_ss(w3 + j);
+            a3 = _mm256_fmadd_ps(x, va, a3), b3 = _mm256_fmadd_ps(x, vb, b3);
         }
-        if (j < count) {
-            const float *vj = v + j * v_stride + d;
-            __m256 wj = _mm256_set1_ps(w[j]);
-            a0 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj), a0);
-            a1 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8), a1);
-            a2 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 16), a2);
-            a3 = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 24), a3);
-        }
-        __m256 sums[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1), _mm256_add_ps(a2, b2),
-                          _mm256_add_ps(a3, b3)};
-        for (int k = 0; k < 4; k++) {
-            float *o = out + d + 8 * k;
-            _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(sums[k], _mm256_loadu_ps(o)) : sums[k]);
+        const __m256 sums[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+        for (int64_t r = 0; r < rows; r++) {
+            const __m256 f = _mm256_set1_ps(scale[r]);
+            _mm256_storeu_ps(out + r * out_stride + d, _mm256_mul_ps(sums[r][0], f));
+            _mm256_storeu_ps(out + r * out_stride + d + 8, _mm256_mul_ps(sums[r][1], f));
         }
     }
     for (; d + 8 <= dim; d += 8) {
-        __m256 a0 = _mm256_setzero_ps();
-        for (int64_t j = 0; j < count; j++)
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + j * v_stride + d), a0);
-        float *o = out + d;
-        _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(a0, _mm256_loadu_ps(o)) : a0);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < count; j++) {
+            const __m256 vd = _mm256_loadu_ps(v + j * v_stride + d);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + j), vd, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + j), vd, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + j), vd, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + j), vd, a3);
+        }
+        const __m256 sums[4] = {a0, a1, a2, a3};
+        for (int64_t r = 0; r < rows; r++)
+            _mm256_storeu_ps(out + r * out_stride + d, _mm256_mul_ps(sums[r], _mm256_set1_ps(scale[r])));
     }
-    for (; d < dim; d++) {
-        float a = 0.0f;
-        for (int64_t j = 0; j < count; j++) a += w[j] * v[j * v_stride + d];
-        out[d] = accumulate ? out[d] + a : a;
-    }
+    for (; d < dim; d++)
+        for (int64_t r = 0; r < rows; r++) {
+            float a = 0.0f;
+            for (int64_t j = 0; j < count; j++) a += w[r * w_stride + j] * v[j * v_stride + d];
+            out[r * out_stride + d] = a * scale[r];
+        }
 }
 
 /* out0 (dim) = sum_{i < count} w[i][0] v_i and out1 (dim) = sum_i w[i][1] v_i, w[i] = w + i
@@ -1002,12 +1007,17 @@ static void causal_forward_pair(const CausalTask *c, int64_t pair, float *scratc
     const float *q = c->qkv + b * T * W + h * D, *k = q + C, *v = q + 2 * C;
     float *keys_t = scratch, *probs = keys_t + 2 * D * stride;
     causal_scores(q, W, k, T, D, keys_t, probs);
-    for (int64_t i = 0; i < T; i++) {
-        float *row = probs + i * stride, *found = c->stats + (pair * T + i) * 2;
-        float *y = c->y + (b * T + i) * C + h * D;
-        causal_probabilities(row, i, scale, NULL, found);
-        weighted_rows(row, i + 1, v, W, D, y, 0);
-        scale_row(y, D, found[1]);
+    /* Four queries at a time (the first a multiple of 4, so the lanes of row i past i that the
+     * block reads, up to its last query, are zeros causal_probabilities wrote). */
+    for (int64_t i0 = 0; i0 < T; i0 += 4) {
+        const int64_t rows = T - i0 < 4 ? T - i0 : 4;
+        float *found = c->stats + (pair * T + i0) * 2, inverse[4];
+        for (int64_t r = 0; r < rows; r++) {
+            causal_probabilities(probs + (i0 + r) * stride, i0 + r, scale, NULL, found + 2 * r);
+            inverse[r] = found[2 * r + 1];
+        }
+        weighted_rows_four(probs + i0 * stride, stride, rows, i0 + rows, v, W, D,
+                           c->y + (b * T + i0) * C + h * D, C, inverse);
     }
 }
 
@@ -1046,7 +1056,10 @@ static void causal_backward_pair(const CausalTask *c, int64_t pair, float *scrat
             _mm256_storeu_ps(row + 8 * v, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + 8 * v), dp), scale8));
         }
         for (int64_t j = 8 * vectors; j < stride; j++) p[j] = row[j] = 0.0f; /* keys i never saw */
-        weighted_rows(row, i + 1, k, W, D, dq + i * W, 0);
+        if (i % 4 == 3 || i == T - 1) { /* dq of the block of four queries that ends here */
+            const int64_t i0 = i - i % 4;
+            weighted_rows_four(ds + i0 * stride, stride, i + 1 - i0, i + 1, k, W, D, dq + i0 * W, W, NULL);
+        }
     }
     /* Columns, two keys at a time: the queries i >= j saw key j (key j + 1's weight at i = j is
      * zero). dv_j = sum_i p(i, j) dy_i, dk_j = sum_i ds(i, j) q_i. */
@@ -1059,8 +1072,8 @@ static void causal_backward_pair(const CausalTask *c, int64_t pair, float *scrat
         weighted_rows_two(ds + j * stride + j, stride, T - j, q + j * W, W, D, dk + j * W,
                           dk + (j + 1) * W);
     if (j < T) { /* the last key of an odd T: only the last query saw it */
-        weighted_rows(probs + j * stride + j, 1, dy + j * C, C, D, dv + j * W, 0);
-        weighted_rows(ds + j * stride + j, 1, q + j * W, W, D, dk + j * W, 0);
+        weighted_rows_four(probs + j * stride + j, stride, 1, 1, dy + j * C, C, D, dv + j * W, W, NULL);
+        weighted_rows_four(ds + j * stride + j, stride, 1, 1, q + j * W, W, D, dk + j * W, W, NULL);
     }
 }
 
