@@ -29,9 +29,9 @@ even repeats and second on odd ones, so that the host's drift does not always fa
 rnn2gpt: the issue's emulation, where both sides run PyTorch's kernels). ``--our-fastpaths auto``
 keeps the three caps but leaves rnn2gpt's fast paths on, which is what an AVX2-only CPU runs (our
 C kernels are AVX2 code and run under the caps): on an AVX-512 host, the closer proxy for an
-AVX2 CPU's speed; on an AVX2 host, the native run again. ``--set`` adds ``rnn2gpt train --set`` overrides (the recipe). The peers are copied
-into a scratch folder first (``../shared/peers`` is read-only); their code is run, never copied
-into rnn2gpt.
+AVX2 CPU's speed; on an AVX2 host, the native run again. ``--set`` adds ``rnn2gpt train --set``
+overrides (the recipe). The peers are copied into a scratch folder first (``../shared/peers`` is
+read-only); their code is run, never copied into rnn2gpt.
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ NANOGPT_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=
 LOSS_TAIL = 100  # train loss: the mean over the last this many steps
 
 
-def environment(avx2: str, ours: bool) -> dict[str, str]:
+def environment(emulation: str, ours: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     env["PYTHONUNBUFFERED"] = "1"
-    if avx2:  # "off": the caps and our fast paths off; "auto": the caps alone
+    if emulation:  # "": native; "off": the caps and our fast paths off; "auto": the caps alone
         env.update(AVX2)
-        if ours and avx2 == "off":
+        if ours and emulation == "off":
             env["RNN2GPT_FASTPATHS"] = "off"
     return env
 
@@ -247,7 +247,7 @@ def nanogpt_losses(log: Path) -> list[float]:
     return [by_iter[i] for i in range(NANOGPT_ITERS)]
 
 
-def run_nanogpt(work: Path, avx2: str, repeats: int, settings: list[str]) -> None:
+def run_nanogpt(work: Path, emulation: str, repeats: int, settings: list[str]) -> None:
     peer = prepare_nanogpt(work)
     tokens_per_step = NANOGPT_SHAPE["batch_size"] * NANOGPT_SHAPE["block_size"]
     rows = []
@@ -258,12 +258,12 @@ def run_nanogpt(work: Path, avx2: str, repeats: int, settings: list[str]) -> Non
         ours_log = work / f"rnn2gpt-{r}.log"
         peer_wall, ours_wall = in_turn(
             r,
-            (nanogpt_command(peer_out), environment(avx2, False), peer, peer_log),
+            (nanogpt_command(peer_out), environment(emulation, False), peer, peer_log),
             (
                 rnn2gpt_command(
                     ours_out, nanogpt_settings() + settings, "--preset", "shakespeare-char-gpt"
                 ),
-                environment(avx2, True),
+                environment(emulation, True),
                 ROOT,
                 ours_log,
             ),
@@ -285,7 +285,7 @@ def run_nanogpt(work: Path, avx2: str, repeats: int, settings: list[str]) -> Non
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    report(rows, "nanoGPT CPU configuration, 2,000 iterations", avx2)
+    report(rows, "nanoGPT CPU configuration, 2,000 iterations", emulation)
 
 
 # ----------------------------------------------------------------------------- word_language_model
@@ -319,7 +319,7 @@ def epoch_tokens() -> int:
     return len(tokenizer.encode(text))
 
 
-def run_wlm(work: Path, avx2: str, repeats: int, settings: list[str]) -> None:
+def run_wlm(work: Path, emulation: str, repeats: int, settings: list[str]) -> None:
     data = prepare_ptb(work)
     peer = work / "word_language_model"
     tokens = epoch_tokens()
@@ -346,7 +346,7 @@ def run_wlm(work: Path, avx2: str, repeats: int, settings: list[str]) -> None:
         ours_out = work / f"ptb-rnn2gpt-{r}"
         peer_wall, ours_wall = in_turn(
             r,
-            (command, environment(avx2, False), peer, peer_log),
+            (command, environment(emulation, False), peer, peer_log),
             (
                 rnn2gpt_command(
                     ours_out,
@@ -357,7 +357,7 @@ def run_wlm(work: Path, avx2: str, repeats: int, settings: list[str]) -> None:
                     "--data-dir",
                     str(PTB),
                 ),
-                environment(avx2, True),
+                environment(emulation, True),
                 ROOT,
                 work / f"ptb-rnn2gpt-{r}.log",
             ),
@@ -380,16 +380,16 @@ def run_wlm(work: Path, avx2: str, repeats: int, settings: list[str]) -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    report(rows, f"Penn Treebank, one epoch ({tokens:,} tokens), 2 x 200 LSTM", avx2)
+    report(rows, f"Penn Treebank, one epoch ({tokens:,} tokens), 2 x 200 LSTM", emulation)
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def report(rows: list[dict[str, float]], title: str, avx2: str) -> None:
-    where = f"AVX2 emulation, rnn2gpt's fast paths {avx2}" if avx2 else "native"
+def report(rows: list[dict[str, float]], title: str, emulation: str) -> None:
+    where = f"AVX2 emulation, rnn2gpt's fast paths {emulation}" if emulation else "native"
     print(
-        f"\n{title}; {where}; torch {torch.__version__}; OMP_NUM_THREADS={environment(avx2, False)['OMP_NUM_THREADS']}\n"
+        f"\n{title}; {where}; torch {torch.__version__}; OMP_NUM_THREADS={environment(emulation, False)['OMP_NUM_THREADS']}\n"
     )
     names = list(rows[0])
     print("| run | " + " | ".join(names) + " |")
